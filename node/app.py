@@ -1,0 +1,140 @@
+"""The aiohttp application of one node: shared objects, the error edge, the common headers.
+
+Handlers are thin: parse -> validate (storage.validate) -> command -> propose -> answer.
+Errors of every kind leave through one place (`error_middleware`) in API.md's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from storage.state import BrokerState
+
+from node.codec import respond
+from node.config import ClusterConfig, NodeSpec
+from node.waiters import ApplyNotifier
+from replication import ProposalError, Replica
+from storage.errors import KINDS, BrokerError, is_error
+from storage.limits import Limits
+
+log = logging.getLogger("raftmq.node")
+T = TypeVar("T")
+
+RETRY_AFTER_S = {429: "1", 503: "1", 504: "1"}
+PROPOSE_TIMEOUT_S = 10.0
+
+
+@dataclass
+class NodeContext:
+    """Everything a handler needs, hung off the app under one typed key."""
+
+    cluster: ClusterConfig
+    node: NodeSpec
+    replica: Replica
+    limits: Limits
+    notifier: ApplyNotifier
+    propose_timeout_s: float = PROPOSE_TIMEOUT_S
+
+    async def propose(self, cmd: dict[str, Any], *, timeout_s: float | None = None) -> Any:
+        """Propose through Raft; an error result raises BrokerError, a failure ProposalError."""
+        result = await self.replica.propose(cmd, timeout_s=timeout_s or self.propose_timeout_s)
+        if is_error(result):
+            err = result["error"]
+            details = {k: v for k, v in err.items() if k not in ("code", "message")}
+            raise BrokerError(err["code"], err["message"], **details)
+        return result
+
+    def read(self, fn: Callable[[BrokerState, int], T]) -> T:
+        """Read this node's applied state (local consistency) with the node's clock."""
+        now_ms = now_wall_ms()
+        return self.replica.read(lambda state: fn(state, now_ms))
+
+    async def read_consistent(self, request: web.Request,
+                              fn: Callable[[BrokerState, int], T]) -> T:
+        """`consistency=local` (default) reads applied state; `leader`/`linearizable` first put
+        a no-op through the log, so the answer reflects every write committed before the read."""
+        level = request.query.get("consistency", "local")
+        if level not in ("local", "leader", "linearizable"):
+            raise BrokerError("invalid_request",
+                              "consistency: must be local, leader or linearizable")
+        if level != "local":
+            await self.replica.barrier(timeout_s=self.propose_timeout_s)
+        return self.read(fn)
+
+
+CTX = web.AppKey("raftmq_ctx", NodeContext)
+
+
+def now_wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def ctx(request: web.Request) -> NodeContext:
+    return request.app[CTX]
+
+
+def error_response(request: web.Request, code: str, message: str,
+                   **details: Any) -> web.Response:
+    kind = KINDS.get(code) or KINDS["internal_error"]
+    body: dict[str, Any] = {"code": code, "message": message, "retryable": kind.retryable}
+    body.update(details)
+    headers = {}
+    if kind.status in RETRY_AFTER_S:
+        headers["Retry-After"] = RETRY_AFTER_S[kind.status]
+    return respond(request, {"error": body}, status=kind.status, headers=headers)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BrokerError as exc:
+        return error_response(request, exc.code, exc.message, **exc.details)
+    except ProposalError as exc:
+        return error_response(request, exc.code, str(exc))
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(request, "request_too_large",
+                              f"request body larger than {exc.max_size} bytes")
+    except web.HTTPNotFound:
+        return error_response(request, "not_found", f"no route for {request.path}")
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return error_response(request, "method_not_allowed",
+                              f"{request.method} is not allowed here; use {allowed}")
+    except web.HTTPException:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("event=handler_crash path=%s", request.path)
+        return error_response(request, "internal_error", "internal error (logged on the node)")
+
+
+@web.middleware
+async def header_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    context = request.app[CTX]
+    if not response.prepared:
+        response.headers["X-Raftmq-Node"] = context.node.id
+        leader = context.replica.status().leader_id
+        if leader:
+            response.headers["X-Raftmq-Leader"] = leader
+    return response
+
+
+def set_stream_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers for streamed (SSE) responses, which are prepared before the middleware sees them."""
+    context = request.app[CTX]
+    response.headers["X-Raftmq-Node"] = context.node.id
+    leader = context.replica.status().leader_id
+    if leader:
+        response.headers["X-Raftmq-Leader"] = leader

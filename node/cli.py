@@ -1,0 +1,71 @@
+"""The `raftmq` command: `node` and `cluster` here; client commands in raftmq.cli, bench in
+raftmq.bench."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+CLIENT_COMMANDS = {"queue", "topic", "publish", "receive", "status", "producer", "dlq"}
+USAGE = """usage: raftmq <command> ...
+
+  cluster up [--nodes 3] [--data-dir DIR] [--base-port PORT]   start a local cluster
+  node --config FILE --id ID [--data-dir DIR]                    run one node of a cluster
+  status | queue | topic | publish | receive | producer | dlq    client commands (--help)
+  bench                                                          benchmarks (--help)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "node":
+        return node_main(rest)
+    if command == "cluster":
+        from node import cluster_cli
+
+        return cluster_cli.main(rest)
+    if command == "bench":
+        from raftmq import bench
+
+        return bench.main(rest)
+    if command in CLIENT_COMMANDS:
+        from raftmq import cli
+
+        return cli.main(args)
+    print(f"raftmq: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+def node_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="raftmq node", description="Run one node of a cluster.")
+    parser.add_argument("--config", required=True, type=Path, help="cluster file (TOML)")
+    parser.add_argument("--id", required=True, help="this node's id in the cluster file")
+    parser.add_argument("--data-dir", type=Path, help="data directory (default ./data/<id>)")
+    parser.add_argument("--log-level", default="INFO")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=opts.log_level.upper(),
+                        format="%(asctime)s level=%(levelname)s %(name)s %(message)s")
+    from replication.hardening import refuse_optimized_python
+
+    from node import config, server
+
+    refuse_optimized_python()
+    try:
+        cluster = config.load(opts.config)
+        cluster.node(opts.id)
+    except config.ConfigError as exc:
+        print(f"raftmq node: {exc}", file=sys.stderr)
+        return 2
+    data_dir = opts.data_dir or Path("data") / opts.id
+    server.run(cluster, opts.id, data_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

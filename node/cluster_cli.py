@@ -1,0 +1,166 @@
+"""`raftmq cluster up`: a local cluster of N node processes on 127.0.0.1, one command.
+
+Layout of the data directory (kept across restarts, so a second `up` keeps every message):
+    DIR/cluster.toml   the generated cluster file (node ids, Raft and HTTP addresses)
+    DIR/raft.secret    the generated secret that authenticates Raft frames (mode 0600)
+    DIR/<id>/          each node's journal and snapshots
+    DIR/<id>.log       each node's log
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from node import config
+from node.config import NodeSpec
+
+HOST = "127.0.0.1"
+BASE_PORT_DEFAULT = 8700
+RAFT_PORT_OFFSET = 100      # node i: HTTP base+i, Raft base+100+i
+NODES_MAX = 9
+READY_TIMEOUT_S = 60.0
+STOP_GRACE_S = 10.0
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] != "up":
+        print("usage: raftmq cluster up [--nodes 3] [--data-dir DIR] [--base-port PORT]",
+              file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog="raftmq cluster up",
+                                     description="Start a local cluster on 127.0.0.1.")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--data-dir", type=Path, default=Path(".raftmq-data"))
+    parser.add_argument("--base-port", type=int, default=BASE_PORT_DEFAULT,
+                        help="node i serves HTTP on base+i and Raft on base+100+i")
+    parser.add_argument("--quiet", action="store_true", help="print only the node addresses")
+    opts = parser.parse_args(argv[1:])
+    if not 1 <= opts.nodes <= NODES_MAX:
+        print(f"raftmq cluster up: --nodes must be 1..{NODES_MAX}", file=sys.stderr)
+        return 2
+    try:
+        cfg_path = prepare(opts.data_dir, opts.nodes, opts.base_port)
+        cluster = config.load(cfg_path)
+    except config.ConfigError as exc:
+        print(f"raftmq cluster up: {exc}", file=sys.stderr)
+        return 2
+    return run(cluster, cfg_path, opts.data_dir, quiet=opts.quiet)
+
+
+def prepare(data_dir: Path, nodes: int, base_port: int) -> Path:
+    """Write the cluster file and secret once; reuse them (and the data) on later runs."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = data_dir / "raft.secret"
+    if not secret.exists():
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    cfg_path = data_dir / "cluster.toml"
+    specs = [NodeSpec(f"n{i}", f"{HOST}:{base_port + RAFT_PORT_OFFSET + i}",
+                      f"{HOST}:{base_port + i}") for i in range(1, nodes + 1)]
+    if cfg_path.exists():
+        existing = config.load(cfg_path)
+        if existing.nodes != tuple(specs):
+            raise config.ConfigError(
+                f"{cfg_path} describes another cluster ({len(existing.nodes)} nodes, "
+                f"{existing.nodes[0].http} ...); use another --data-dir or the same options")
+        return cfg_path
+    cfg_path.write_text(config.render("local", specs, raft_secret_file="raft.secret"))
+    return cfg_path
+
+
+def run(cluster: config.ClusterConfig, cfg_path: Path, data_dir: Path, *, quiet: bool) -> int:
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        for spec in cluster.nodes:
+            procs[spec.id] = start_node(cfg_path, spec, data_dir)
+        ready = wait_ready(cluster, procs, lambda: stopping)
+        print_banner(cluster, data_dir, ready, quiet)
+        while not stopping:
+            time.sleep(0.2)
+            for node_id, proc in procs.items():
+                if proc.poll() is not None and not stopping:
+                    print(f"raftmq: node {node_id} exited with {proc.returncode}; "
+                          f"see {data_dir / (node_id + '.log')}", file=sys.stderr, flush=True)
+            if all(p.poll() is not None for p in procs.values()):
+                return 1
+        return 0
+    finally:
+        stop_all(procs)
+        if not quiet:
+            print("raftmq: cluster stopped", flush=True)
+
+
+def start_node(cfg_path: Path, spec: NodeSpec, data_dir: Path) -> subprocess.Popen[bytes]:
+    log = open(data_dir / f"{spec.id}.log", "ab")  # noqa: SIM115 - owned by the child process
+    cmd = [sys.executable, "-m", "node.cli", "node", "--config", str(cfg_path),
+           "--id", spec.id, "--data-dir", str(data_dir / spec.id)]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def wait_ready(cluster: config.ClusterConfig, procs: dict[str, subprocess.Popen[bytes]],
+               stopping: object) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    pending = {n.id: n for n in cluster.nodes}
+    while pending and time.monotonic() < deadline:
+        if callable(stopping) and stopping():
+            return False
+        for node_id, spec in list(pending.items()):
+            if procs[node_id].poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(f"{spec.http_url}/readyz", timeout=1) as resp:
+                    if resp.status == 200:
+                        del pending[node_id]
+            except (urllib.error.URLError, OSError):
+                pass
+        time.sleep(0.1)
+    return not pending
+
+
+def print_banner(cluster: config.ClusterConfig, data_dir: Path, ready: bool, quiet: bool) -> None:
+    for spec in cluster.nodes:
+        print(f"{spec.id}  {spec.http_url}  (raft {spec.raft})", flush=True)
+    if quiet:
+        return
+    first = cluster.nodes[0].http_url
+    state = "ready" if ready else "NOT ready yet (see the node logs)"
+    print(f"\nraftmq: {len(cluster.nodes)}-node cluster {state}; data in {data_dir}/", flush=True)
+    print("try:", flush=True)
+    print(f"  curl -X PUT {first}/v1/queues/hello", flush=True)
+    print(f"  curl -X POST {first}/v1/queues/hello/messages "
+          "-H 'Content-Type: application/json' -d '{\"messages\":[{\"body\":\"hi\"}]}'", flush=True)
+    print(f"  curl -X POST {cluster.nodes[-1].http_url}/v1/queues/hello/receive -d '{{}}'",
+          flush=True)
+    print("Ctrl-C stops every node.", flush=True)
+
+
+def stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

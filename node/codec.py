@@ -1,0 +1,118 @@
+"""Request and response bodies: JSON by default, MessagePack on request (API.md, General).
+
+Message bodies are bytes inside the broker. In JSON a body is text; a body that is not valid
+UTF-8 is answered base64-encoded with `"body_encoding": "base64"`, and a client may send
+`"body_encoding": "base64"` to publish arbitrary bytes as JSON. MessagePack carries raw bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from storage.errors import BrokerError
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+MSGPACK_TYPES = (MSGPACK, "application/x-msgpack", "application/vnd.msgpack")
+JSON_DEPTH_MAX = 32
+
+
+async def read_body(request: web.Request) -> dict[str, Any]:
+    """The request body as a dict ({} when empty). Malformed input is a 400 naming the problem."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    ctype = request.content_type
+    if ctype in MSGPACK_TYPES:
+        try:
+            value = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        except Exception as exc:  # msgpack raises several unrelated types on bad input
+            raise BrokerError("invalid_request", f"body: malformed msgpack ({exc})") from exc
+    elif ctype in (JSON, "application/octet-stream", "text/plain", ""):
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise BrokerError("invalid_request", f"body: malformed JSON ({exc})") from exc
+    else:
+        raise BrokerError("unsupported_media_type",
+                          f"Content-Type {ctype!r} is not supported; use {JSON} or {MSGPACK}")
+    if not isinstance(value, dict):
+        raise BrokerError("invalid_request", "body: must be an object")
+    _check_depth(value, 0)
+    return value
+
+
+def _check_depth(value: Any, depth: int) -> None:
+    if depth > JSON_DEPTH_MAX:
+        raise BrokerError("invalid_request", f"body: nested deeper than {JSON_DEPTH_MAX} levels")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_depth(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_depth(item, depth + 1)
+
+
+def decode_bodies(messages: Any, field: str = "messages") -> Any:
+    """Turn `{"body": "<base64>", "body_encoding": "base64"}` into raw bytes, in place."""
+    if not isinstance(messages, list):
+        return messages
+    for i, msg in enumerate(messages):
+        if isinstance(msg, dict) and msg.get("body_encoding") is not None:
+            encoding = msg.pop("body_encoding")
+            if encoding != "base64":
+                raise BrokerError("invalid_request",
+                                  f"{field}[{i}].body_encoding: only 'base64' is supported")
+            if not isinstance(msg.get("body"), str):
+                raise BrokerError("invalid_request", f"{field}[{i}].body: base64 text expected")
+            try:
+                msg["body"] = base64.b64decode(msg["body"], validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise BrokerError("invalid_request", f"{field}[{i}].body: bad base64") from exc
+    return messages
+
+
+def wants_msgpack(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    if any(t in accept for t in MSGPACK_TYPES):
+        return True
+    return request.content_type in MSGPACK_TYPES and JSON not in accept
+
+
+def respond(request: web.Request, data: Any, status: int = 200,
+            headers: dict[str, str] | None = None) -> web.Response:
+    if wants_msgpack(request):
+        return web.Response(body=msgpack.packb(data, use_bin_type=True), status=status,
+                            content_type=MSGPACK, headers=headers)
+    return web.Response(text=json.dumps(jsonable(data), separators=(",", ":")), status=status,
+                        content_type=JSON, headers=headers)
+
+
+def jsonable(value: Any) -> Any:
+    """Make a result JSON-safe: bytes become text (UTF-8) or base64 with a marker."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "body" and isinstance(item, bytes):
+                try:
+                    out[key] = item.decode("utf-8")
+                except UnicodeDecodeError:
+                    out[key] = base64.b64encode(item).decode("ascii")
+                    out["body_encoding"] = "base64"
+            else:
+                out[key] = jsonable(item)
+        return out
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(value).decode("ascii")
+    return value

@@ -1,0 +1,142 @@
+"""Cluster, health and metrics endpoints (API.md "Cluster and operations")."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from node.app import Handler, NodeContext, ctx
+from node.codec import respond
+
+REGISTRY = web.AppKey("raftmq_registry", CollectorRegistry)
+HTTP_DURATION = web.AppKey("raftmq_http_duration", Histogram)
+
+
+async def get_cluster(request: web.Request) -> web.Response:
+    context = ctx(request)
+    status = context.replica.status()
+    members = []
+    for spec in context.cluster.nodes:
+        member = status.member(spec.id)
+        members.append({"id": spec.id, "raft": spec.raft, "http": spec.http,
+                        "role": member.role if member else "unknown",
+                        "reachable": member.reachable if member else False})
+    return respond(request, {
+        "cluster": context.cluster.name, "node": context.node.id, "leader": status.leader_id,
+        "term": status.term, "commit_index": status.commit_index,
+        "applied_index": status.applied_index, "role": status.role, "members": members,
+    })
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return respond(request, {"status": "ok", "node": ctx(request).node.id})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    context = ctx(request)
+    status = context.replica.status()
+    ready = context.replica.is_ready()
+    body = {"ready": ready, "node": context.node.id, "leader": status.leader_id,
+            "applied_index": status.applied_index, "commit_index": status.commit_index}
+    return respond(request, body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    data = generate_latest(request.app[REGISTRY])
+    return web.Response(body=data, content_type="text/plain", charset="utf-8",
+                        headers={"X-Prometheus-Format": "0.0.4"})
+
+
+class BrokerCollector(Collector):
+    """Reads the replica's state at scrape time; nothing is counted on the hot path."""
+
+    def __init__(self, context: NodeContext) -> None:
+        self.context = context
+
+    def collect(self) -> Iterator[Metric]:
+        context = self.context
+        now_ms = int(time.time() * 1000)
+        queues: list[dict[str, Any]] = context.replica.read(lambda s: s.list_queues(now_ms))
+        depth = GaugeMetricFamily("raftmq_queue_messages", "Messages in a queue by state",
+                                  labels=["queue", "state"])
+        published = GaugeMetricFamily("raftmq_queue_published_total",
+                                      "Messages published to a queue", labels=["queue"])
+        acked = GaugeMetricFamily("raftmq_queue_acked_total", "Messages acked", labels=["queue"])
+        dead = GaugeMetricFamily("raftmq_queue_dead_lettered_total",
+                                 "Messages moved to the dead-letter queue", labels=["queue"])
+        oldest = GaugeMetricFamily("raftmq_queue_oldest_ready_age_seconds",
+                                   "Age of the oldest ready message", labels=["queue"])
+        for info in queues:
+            name, stats = info["name"], info["stats"]
+            for state in ("ready", "in_flight", "delayed"):
+                depth.add_metric([name, state], stats.get(state, 0))
+            published.add_metric([name], stats.get("published_total", 0))
+            acked.add_metric([name], stats.get("acked_total", 0))
+            dead.add_metric([name], stats.get("dead_lettered_total", 0))
+            oldest.add_metric([name], stats.get("oldest_ready_age_s") or 0)
+        yield from (depth, published, acked, dead, oldest)
+        yield from self._topic_lag()
+        yield from self._raft()
+
+    def _topic_lag(self) -> Iterator[Metric]:
+        lag = GaugeMetricFamily("raftmq_topic_group_lag", "Consumer-group lag per partition",
+                                labels=["topic", "group", "partition"])
+        rows = self.context.replica.read(group_lag_rows)
+        for topic, group, partition, value in rows:
+            lag.add_metric([topic, group, str(partition)], value)
+        yield lag
+
+    def _raft(self) -> Iterator[Metric]:
+        status = self.context.replica.status()
+        for name, doc, value in (
+            ("raftmq_raft_term", "Current Raft term", status.term),
+            ("raftmq_raft_commit_index", "Raft commit index", status.commit_index),
+            ("raftmq_raft_applied_index", "Last applied Raft index", status.applied_index),
+            ("raftmq_raft_is_leader", "1 if this node is the leader",
+             1 if status.role == "leader" else 0),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+
+
+def group_lag_rows(state: Any) -> list[tuple[str, str, int, int]]:
+    topics = getattr(state, "topics", None)
+    if topics is None or not hasattr(topics, "group_lag_rows"):
+        return []
+    rows: list[tuple[str, str, int, int]] = topics.group_lag_rows()
+    return rows
+
+
+@web.middleware
+async def timing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        route = request.match_info.route.resource
+        label = route.canonical if route is not None else "unmatched"
+        request.app[HTTP_DURATION].labels(label, request.method, str(status)).observe(
+            time.perf_counter() - start)
+
+
+def setup(app: web.Application, context: NodeContext) -> None:
+    registry = CollectorRegistry()
+    registry.register(BrokerCollector(context))
+    app[REGISTRY] = registry
+    app[HTTP_DURATION] = Histogram(
+        "raftmq_http_request_duration_seconds", "HTTP request latency",
+        ["route", "method", "status"], registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25))
+    r = app.router
+    r.add_get("/v1/cluster", get_cluster)
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)

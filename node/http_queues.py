@@ -1,0 +1,160 @@
+"""Queue endpoints (API.md "Queues"): validate, build the command, propose, answer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from node.app import NodeContext, ctx
+from node.codec import decode_bodies, read_body, respond
+from storage import validate
+from storage.errors import BrokerError
+
+
+def queue_name(request: web.Request) -> str:
+    return validate.name(request.match_info["queue"], "queue")
+
+
+async def put_queue(request: web.Request) -> web.Response:
+    name = queue_name(request)
+    config = validate.queue_config(await read_body(request))
+    result = await ctx(request).propose({"op": "queue.create", "queue": name, "config": config})
+    return respond(request, {"queue": result["queue"]}, status=201 if result["created"] else 200)
+
+
+async def list_queues(request: web.Request) -> web.Response:
+    queues = await ctx(request).read_consistent(request, lambda s, now: s.list_queues(now))
+    return respond(request, {"queues": queues})
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    name = queue_name(request)
+    info = await ctx(request).read_consistent(request, lambda s, now: s.queue_info(name, now))
+    raise_if_error(info)
+    return respond(request, info)
+
+
+async def delete_queue(request: web.Request) -> web.Response:
+    name = queue_name(request)
+    await ctx(request).propose({"op": "queue.delete", "queue": name})
+    return web.Response(status=204)
+
+
+async def publish(request: web.Request) -> web.Response:
+    context = ctx(request)
+    name = queue_name(request)
+    body = await read_body(request)
+    cmd = publish_command(context, body)
+    cmd.update(op="queue.publish", queue=name)
+    result = await context.propose(cmd)
+    return respond(request, result, status=201)
+
+
+def publish_command(context: NodeContext, body: dict[str, Any]) -> dict[str, Any]:
+    """The validated `messages` (and `producer`, when given) of a publish body."""
+    messages = validate.publish_messages(decode_bodies(body.get("messages")), context.limits)
+    cmd: dict[str, Any] = {"messages": messages}
+    if body.get("producer") is not None:
+        cmd["producer"] = validate.producer_ref(body["producer"])
+    return cmd
+
+
+async def receive(request: web.Request) -> web.Response:
+    """Receive now, or long-poll up to `wait_s`: woken by applies on this node, then propose."""
+    context = ctx(request)
+    name = queue_name(request)
+    req = validate.receive_request(await read_body(request), context.limits)
+    cmd = {"op": "queue.receive", "queue": name, "max_messages": req["max_messages"],
+           "visibility_timeout_s": req["visibility_timeout_s"], "ack": req["ack"]}
+    deadline = time.monotonic() + req["wait_s"]
+    while True:
+        ready = context.read(lambda s, now: s.ready_count(name, now))
+        if ready < 0:  # the queue does not exist (here): let the leader say so
+            ready = 1
+        if ready > 0 or time.monotonic() >= deadline:
+            if client_gone(request):
+                return web.Response(status=499)
+            result = await context.propose(cmd)
+            if result["messages"] or time.monotonic() >= deadline:
+                return respond(request, result)
+        if context.notifier.full():
+            raise BrokerError("overloaded", "too many long polls in flight; retry later")
+        await context.notifier.wait(deadline - time.monotonic())
+
+
+def client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def ack(request: web.Request) -> web.Response:
+    name = queue_name(request)
+    body = await read_body(request)
+    receipts = validate.receipts_list(body.get("receipts"), ctx(request).limits)
+    result = await ctx(request).propose({"op": "queue.ack", "queue": name, "receipts": receipts})
+    return respond(request, result)
+
+
+async def nack(request: web.Request) -> web.Response:
+    name = queue_name(request)
+    body = await read_body(request)
+    receipts = validate.receipts_list(body.get("receipts"), ctx(request).limits)
+    delay_s = validate.seconds(body.get("delay_s", 0), "delay_s")
+    result = await ctx(request).propose(
+        {"op": "queue.nack", "queue": name, "receipts": receipts, "delay_s": delay_s})
+    return respond(request, result)
+
+
+async def visibility(request: web.Request) -> web.Response:
+    context = ctx(request)
+    name = queue_name(request)
+    body = await read_body(request)
+    receipts = validate.receipts_list(body.get("receipts"), context.limits)
+    if "timeout_s" not in body:
+        raise BrokerError("invalid_request", "timeout_s: required")
+    timeout_s = validate.seconds(body["timeout_s"], "timeout_s",
+                                 maximum=context.limits.visibility_timeout_s_max)
+    result = await context.propose({"op": "queue.visibility", "queue": name,
+                                    "receipts": receipts, "timeout_s": timeout_s})
+    return respond(request, result)
+
+
+async def purge(request: web.Request) -> web.Response:
+    result = await ctx(request).propose({"op": "queue.purge", "queue": queue_name(request)})
+    return respond(request, result)
+
+
+async def redrive(request: web.Request) -> web.Response:
+    context = ctx(request)
+    name = queue_name(request)
+    body = await read_body(request)
+    target = validate.name(body.get("to"), "to")
+    max_messages = validate.count(body.get("max_messages", context.limits.batch_messages_max),
+                                  "max_messages", maximum=context.limits.batch_messages_max)
+    result = await context.propose({"op": "queue.redrive", "queue": name, "to": target,
+                                    "max_messages": max_messages})
+    return respond(request, result)
+
+
+def raise_if_error(result: Any) -> None:
+    if isinstance(result, dict) and "error" in result:
+        err = result["error"]
+        raise BrokerError(err["code"], err["message"])
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/v1/queues", list_queues)
+    r.add_put("/v1/queues/{queue}", put_queue)
+    r.add_get("/v1/queues/{queue}", get_queue)
+    r.add_delete("/v1/queues/{queue}", delete_queue)
+    r.add_post("/v1/queues/{queue}/messages", publish)
+    r.add_post("/v1/queues/{queue}/receive", receive)
+    r.add_post("/v1/queues/{queue}/ack", ack)
+    r.add_post("/v1/queues/{queue}/nack", nack)
+    r.add_post("/v1/queues/{queue}/visibility", visibility)
+    r.add_post("/v1/queues/{queue}/purge", purge)
+    r.add_post("/v1/queues/{queue}/redrive", redrive)
+

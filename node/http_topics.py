@@ -1,0 +1,238 @@
+"""Topic, binding, consumer-group, producer and transaction endpoints (API.md "Topics",
+"Bindings", "Exactly-once"), and live subscribe over server-sent events."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from node.app import ctx, set_stream_headers
+from node.codec import decode_bodies, jsonable, read_body, respond
+from node.http_queues import publish_command, queue_name, raise_if_error
+from storage import topics as topic_rules
+from storage import validate
+from storage.errors import BrokerError
+
+SSE_HEARTBEAT_S = 15.0
+
+
+def topic_name(request: web.Request) -> str:
+    return validate.name(request.match_info["topic"], "topic")
+
+
+async def put_topic(request: web.Request) -> web.Response:
+    name = topic_name(request)
+    config = topic_rules.validate_topic_config(await read_body(request))
+    result = await ctx(request).propose({"op": "topic.create", "topic": name, "config": config})
+    return respond(request, {"topic": result["topic"]}, status=201 if result["created"] else 200)
+
+
+async def list_topics(request: web.Request) -> web.Response:
+    found = await ctx(request).read_consistent(request, lambda s, now: s.topics.list_topics())
+    return respond(request, {"topics": found})
+
+
+async def get_topic(request: web.Request) -> web.Response:
+    name = topic_name(request)
+    info = await ctx(request).read_consistent(request, lambda s, now: s.topics.topic_info(name))
+    raise_if_error(info)
+    return respond(request, info)
+
+
+async def delete_topic(request: web.Request) -> web.Response:
+    await ctx(request).propose({"op": "topic.delete", "topic": topic_name(request)})
+    return web.Response(status=204)
+
+
+async def publish_topic(request: web.Request) -> web.Response:
+    context = ctx(request)
+    name = topic_name(request)
+    body = await read_body(request)
+    messages = topic_rules.validate_topic_messages(decode_bodies(body.get("messages")),
+                                                   context.limits)
+    cmd: dict[str, Any] = {"op": "topic.publish", "topic": name, "messages": messages}
+    if body.get("producer") is not None:
+        cmd["producer"] = validate.producer_ref(body["producer"])
+    result = await context.propose(cmd)
+    return respond(request, result, status=201)
+
+
+async def read_partition(request: web.Request) -> web.Response:
+    """Replay from an offset (or a time); long-polls up to wait_s when nothing is there yet."""
+    context = ctx(request)
+    name = topic_name(request)
+    q = request.query
+    partition = query_int(q, "partition", request.match_info["p"], 0, 63)
+    offset = query_int(q, "offset", q.get("offset", "0"), 0, 2**62)
+    max_messages = query_int(q, "max", q.get("max", "100"), 1, context.limits.batch_messages_max)
+    wait_s = query_float(q, "wait_s", q.get("wait_s", "0"), 0, context.limits.wait_s_max)
+    from_time_ms = (query_int(q, "from_time", q["from_time"], 0, 2**62)
+                    if "from_time" in q else None)
+    deadline = time.monotonic() + wait_s
+
+    def read(state: Any, now_ms: int) -> Any:
+        return state.topics.read(name, partition, offset, max_messages, from_time_ms)
+
+    result = await context.read_consistent(request, read)
+    while True:
+        raise_if_error(result)
+        if result["messages"] or time.monotonic() >= deadline:
+            return respond(request, result)
+        await context.notifier.wait(deadline - time.monotonic())
+        result = context.read(read)
+
+
+async def commit_offsets(request: web.Request) -> web.Response:
+    name = topic_name(request)
+    group = validate.name(request.match_info["group"], "group")
+    body = await read_body(request)
+    offsets = topic_rules.validate_offsets(body.get("offsets"))
+    result = await ctx(request).propose(
+        {"op": "group.commit", "topic": name, "group": group, "offsets": offsets})
+    return respond(request, result)
+
+
+async def get_offsets(request: web.Request) -> web.Response:
+    name = topic_name(request)
+    group = validate.name(request.match_info["group"], "group")
+    result = await ctx(request).read_consistent(
+        request, lambda s, now: s.topics.group_offsets(name, group))
+    raise_if_error(result)
+    return respond(request, result)
+
+
+async def create_binding(request: web.Request) -> web.Response:
+    name = queue_name(request)
+    binding = topic_rules.validate_binding(await read_body(request))
+    result = await ctx(request).propose({"op": "binding.create", "queue": name, **binding})
+    return respond(request, {"binding": result["binding"]},
+                   status=201 if result.get("created", True) else 200)
+
+
+async def list_bindings(request: web.Request) -> web.Response:
+    name = queue_name(request)
+    result = await ctx(request).read_consistent(
+        request, lambda s, now: s.topics.list_bindings(name))
+    return respond(request, {"bindings": result})
+
+
+async def delete_binding(request: web.Request) -> web.Response:
+    name = queue_name(request)
+    binding_id = request.match_info["binding"]
+    await ctx(request).propose({"op": "binding.delete", "queue": name, "id": binding_id})
+    return web.Response(status=204)
+
+
+async def register_producer(request: web.Request) -> web.Response:
+    body = await read_body(request)
+    cmd: dict[str, Any] = {"op": "producer.register"}
+    if body.get("id") is not None:
+        cmd["id"] = validate.name(body["id"], "id")
+    result = await ctx(request).propose(cmd)
+    return respond(request, result, status=201)
+
+
+async def transaction(request: web.Request) -> web.Response:
+    context = ctx(request)
+    body = await read_body(request)
+    acks = body.get("ack", [])
+    publishes = body.get("publish", [])
+    if not isinstance(acks, list) or not isinstance(publishes, list):
+        raise BrokerError("invalid_request", "ack and publish: must be lists")
+    cmd: dict[str, Any] = {"op": "txn", "ack": [], "publish": []}
+    for i, item in enumerate(acks):
+        if not isinstance(item, dict):
+            raise BrokerError("invalid_request", f"ack[{i}]: must be an object")
+        cmd["ack"].append({
+            "queue": validate.name(item.get("queue"), f"ack[{i}].queue"),
+            "receipts": validate.receipts_list(item.get("receipts"), context.limits)})
+    for i, item in enumerate(publishes):
+        cmd["publish"].append(txn_publish(context, item, i))
+    if body.get("producer") is not None:
+        cmd["producer"] = validate.producer_ref(body["producer"])
+    result = await context.propose(cmd)
+    return respond(request, result, status=200)
+
+
+def txn_publish(context: Any, item: Any, i: int) -> dict[str, Any]:
+    if not isinstance(item, dict) or ("queue" in item) == ("topic" in item):
+        raise BrokerError("invalid_request", f"publish[{i}]: give exactly one of queue or topic")
+    if "queue" in item:
+        part = publish_command(context, {"messages": item.get("messages")})
+        part["queue"] = validate.name(item["queue"], f"publish[{i}].queue")
+        return part
+    messages = topic_rules.validate_topic_messages(decode_bodies(item.get("messages")),
+                                                   context.limits)
+    return {"topic": validate.name(item["topic"], f"publish[{i}].topic"), "messages": messages}
+
+
+async def subscribe(request: web.Request) -> web.StreamResponse:
+    """Live subscribe: every message published from now on to a topic matching the pattern."""
+    context = ctx(request)
+    pattern = request.query.get("topics")
+    if not pattern:
+        raise BrokerError("invalid_request", "topics: a topic pattern is required")
+    topic_rules.validate_pattern(pattern)
+    cursors: dict[tuple[str, int], int] = context.read(
+        lambda s, now: s.topics.high_watermarks(pattern))
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    set_stream_headers(request, response)
+    await response.prepare(request)
+    last_beat = time.monotonic()
+    while True:
+        events = context.read(lambda s, now: s.topics.read_new(pattern, cursors))
+        for event in events:
+            cursors[(event["topic"], event["partition"])] = event["offset"] + 1
+            await response.write(sse("message", event))
+        if time.monotonic() - last_beat > SSE_HEARTBEAT_S:
+            await response.write(b": heartbeat\n\n")
+            last_beat = time.monotonic()
+        if request.transport is None or request.transport.is_closing():
+            return response
+        await context.notifier.wait(SSE_HEARTBEAT_S)
+
+
+def sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(jsonable(data))}\n\n".encode()
+
+
+def query_int(q: Any, field: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise BrokerError("invalid_request", f"{field}: must be an integer") from None
+    if not low <= value <= high:
+        raise BrokerError("invalid_request", f"{field}: must be {low}..{high}")
+    return value
+
+
+def query_float(q: Any, field: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise BrokerError("invalid_request", f"{field}: must be a number") from None
+    if not low <= value <= high:
+        raise BrokerError("invalid_request", f"{field}: must be {low}..{high}")
+    return value
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/v1/topics", list_topics)
+    r.add_put("/v1/topics/{topic}", put_topic)
+    r.add_get("/v1/topics/{topic}", get_topic)
+    r.add_delete("/v1/topics/{topic}", delete_topic)
+    r.add_post("/v1/topics/{topic}/messages", publish_topic)
+    r.add_get("/v1/topics/{topic}/partitions/{p}/messages", read_partition)
+    r.add_post("/v1/topics/{topic}/groups/{group}/offsets", commit_offsets)
+    r.add_get("/v1/topics/{topic}/groups/{group}/offsets", get_offsets)
+    r.add_post("/v1/queues/{queue}/bindings", create_binding)
+    r.add_get("/v1/queues/{queue}/bindings", list_bindings)
+    r.add_delete("/v1/queues/{queue}/bindings/{binding}", delete_binding)
+    r.add_post("/v1/producers", register_producer)
+    r.add_post("/v1/transactions", transaction)
+    r.add_get("/v1/subscribe", subscribe)

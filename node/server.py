@@ -1,0 +1,77 @@
+"""One node process: the replica, the HTTP API on the node's address, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from node import http_cluster, http_queues, http_topics
+from node.app import CTX, NodeContext, error_middleware, header_middleware
+from node.config import ClusterConfig, split_addr
+from node.waiters import ApplyNotifier
+from replication import Replica, ReplicaConfig
+from storage.limits import Limits
+
+log = logging.getLogger("raftmq.node")
+
+LONG_POLLS_MAX = 10_000
+SHUTDOWN_GRACE_S = 5.0
+
+
+def build_app(context: NodeContext) -> web.Application:
+    app = web.Application(
+        client_max_size=context.limits.request_bytes_max,
+        middlewares=[http_cluster.timing_middleware, header_middleware, error_middleware],
+    )
+    app[CTX] = context
+    http_cluster.setup(app, context)
+    http_queues.setup(app)
+    http_topics.setup(app)
+    return app
+
+
+def limits_from(cluster: ClusterConfig) -> Limits:
+    known = set(Limits.__dataclass_fields__)
+    unknown = sorted(set(cluster.limits) - known)
+    if unknown:
+        raise SystemExit(f"[limits] has unknown keys: {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known))}")
+    return Limits(**cluster.limits)
+
+
+async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path) -> None:
+    spec = cluster.node(node_id)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    replica = await Replica.start(ReplicaConfig(
+        node_id=spec.id, raft_addr=spec.raft,
+        peers={n.id: n.raft for n in cluster.nodes if n.id != spec.id},
+        data_dir=data_dir, secret=cluster.raft_secret, **cluster.raft))
+    notifier = ApplyNotifier(LONG_POLLS_MAX)
+    replica.add_apply_listener(notifier.fire)
+    context = NodeContext(cluster=cluster, node=spec, replica=replica,
+                          limits=limits_from(cluster), notifier=notifier)
+    runner = web.AppRunner(build_app(context), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+    await runner.setup()
+    host, port = split_addr(spec.http)
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    log.info("event=node_started node=%s http=%s raft=%s data_dir=%s",
+             spec.id, spec.http, spec.raft, data_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("event=node_stopping node=%s", spec.id)
+        await runner.cleanup()
+        await replica.close()
+
+
+def run(cluster: ClusterConfig, node_id: str, data_dir: Path) -> None:
+    asyncio.run(serve(cluster, node_id, data_dir))

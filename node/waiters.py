@@ -1,0 +1,43 @@
+"""Long polls wait here: woken after every apply on this node, never by polling a timer."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class ApplyNotifier:
+    """A broadcast edge: `fire()` wakes every coroutine currently in `wait()`.
+
+    Each generation is one future; `fire()` resolves it and starts the next, so a waiter costs
+    one future reference and nothing runs for it until something was applied.
+    """
+
+    def __init__(self, waiters_max: int) -> None:
+        assert waiters_max > 0
+        self.waiters_max = waiters_max
+        self.waiters = 0
+        self._generation: asyncio.Future[None] | None = None
+
+    def fire(self) -> None:
+        generation, self._generation = self._generation, None
+        if generation is not None and not generation.done():
+            generation.set_result(None)
+
+    def full(self) -> bool:
+        return self.waiters >= self.waiters_max
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Wait until the next apply or the timeout; True if woken by an apply."""
+        if timeout_s <= 0:
+            return False
+        if self._generation is None or self._generation.done():
+            self._generation = asyncio.get_running_loop().create_future()
+        generation = self._generation
+        self.waiters += 1
+        try:
+            await asyncio.wait_for(asyncio.shield(generation), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.waiters -= 1

@@ -1,0 +1,203 @@
+"""A real cluster of `raftmq node` processes on 127.0.0.1 for integration tests.
+
+Ports come from the OS, data lives in a tmp dir, every process is killed by PID at the end.
+Nothing here sleeps to synchronise: `wait_until` polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_until(fn: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.05,
+               what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout_s
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = fn()
+            if value:
+                return value
+        except Exception as exc:  # polled condition may fail transiently
+            last_exc = exc
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last error: {last_exc}")
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+def http(method: str, url: str, body: Any = None, timeout_s: float = 30.0,
+         headers: dict[str, str] | None = None) -> Response:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    for key, value in (headers or {}).items():
+        req.add_header(key, value)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            raw = resp.read()
+            return Response(resp.status, _decode(raw), dict(resp.headers))
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return Response(exc.code, _decode(raw), dict(exc.headers))
+
+
+def _decode(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
+@dataclass
+class Node:
+    id: str
+    http_port: int
+    raft_port: int
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Cluster:
+    """N node processes described by one cluster file, with kill/restart/pause controls."""
+
+    def __init__(self, root: Path, size: int = 3, secret: str = "test-secret",
+                 extra_config: str = "") -> None:
+        self.root = root
+        ports = free_ports(2 * size)
+        self.nodes = [
+            Node(f"n{i + 1}", ports[2 * i], ports[2 * i + 1], root / f"n{i + 1}",
+                 root / f"n{i + 1}.log")
+            for i in range(size)
+        ]
+        lines = ['cluster = "test"', f'raft_secret = "{secret}"', extra_config]
+        for node in self.nodes:
+            lines += ["[[nodes]]", f'id = "{node.id}"', f'raft = "127.0.0.1:{node.raft_port}"',
+                      f'http = "127.0.0.1:{node.http_port}"']
+        self.config_path = root / "cluster.toml"
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    # -- processes -------------------------------------------------------------------------
+    def start(self, node: Node | None = None, env: dict[str, str] | None = None) -> None:
+        for n in [node] if node else self.nodes:
+            assert not n.alive, f"{n.id} already running"
+            log = open(n.log_path, "ab")  # noqa: SIM115 - the child owns it
+            n.proc = subprocess.Popen(
+                [sys.executable, "-m", "node.cli", "node", "--config", str(self.config_path),
+                 "--id", n.id, "--data-dir", str(n.data_dir)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+                env={**os.environ, **(env or {})}, start_new_session=True)
+            log.close()
+
+    def kill(self, node: Node, sig: int = signal.SIGKILL) -> None:
+        assert node.proc is not None
+        node.proc.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            node.proc.wait(timeout=30)
+
+    def pause(self, node: Node) -> None:
+        self.kill(node, signal.SIGSTOP)
+
+    def resume(self, node: Node) -> None:
+        self.kill(node, signal.SIGCONT)
+
+    def restart(self, node: Node) -> None:
+        if node.alive:
+            self.kill(node)
+        self.start(node)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            if n.proc is not None and n.proc.poll() is None:
+                try:
+                    n.proc.send_signal(signal.SIGCONT)
+                    n.proc.kill()
+                    n.proc.wait(timeout=30)
+                except ProcessLookupError:
+                    pass
+
+    # -- observation -----------------------------------------------------------------------
+    def status(self, node: Node) -> dict[str, Any] | None:
+        try:
+            r = http("GET", f"{node.url}/v1/cluster", timeout_s=2)
+        except (urllib.error.URLError, OSError):
+            return None
+        return r.body if r.status == 200 else None
+
+    def wait_ready(self, nodes: list[Node] | None = None, timeout_s: float = 60.0) -> None:
+        for n in nodes or [x for x in self.nodes if x.alive]:
+            wait_until(lambda n=n: _ready(n), timeout_s, what=f"{n.id} ready"
+                       f" (log tail: {self.log_tail(n)!r})")
+
+    def leader(self, timeout_s: float = 30.0) -> Node:
+        def find() -> Node | None:
+            for n in self.nodes:
+                if n.alive:
+                    st = self.status(n)
+                    if st and st.get("role") == "leader":
+                        return n
+            return None
+
+        return wait_until(find, timeout_s, what="a leader")
+
+    def followers(self) -> list[Node]:
+        lead = self.leader()
+        return [n for n in self.nodes if n is not lead and n.alive]
+
+    def log_tail(self, node: Node, chars: int = 1500) -> str:
+        try:
+            return node.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def _ready(node: Node) -> bool:
+    try:
+        return http("GET", f"{node.url}/readyz", timeout_s=2).status == 200
+    except (urllib.error.URLError, OSError):
+        return False

@@ -81,6 +81,9 @@ class BrokerCollector(Collector):
             dead.add_metric([name], stats.get("dead_lettered_total", 0))
             oldest.add_metric([name], stats.get("oldest_ready_age_s") or 0)
         yield from (depth, published, acked, dead, oldest)
+        yield GaugeMetricFamily("raftmq_long_polls_waiting",
+                                "Long polls waiting for a message on this node",
+                                value=self.context.notifier.waiters)
         yield from self._topic_lag()
         yield from self._raft()
 
@@ -127,7 +130,7 @@ async def timing_middleware(request: web.Request, handler: Handler) -> web.Strea
             time.perf_counter() - start)
 
 
-def setup(app: web.Application, context: NodeContext) -> None:
+def setup_metrics(app: web.Application, context: NodeContext) -> None:
     registry = CollectorRegistry()
     registry.register(BrokerCollector(context))
     app[REGISTRY] = registry
@@ -135,6 +138,9 @@ def setup(app: web.Application, context: NodeContext) -> None:
         "raftmq_http_request_duration_seconds", "HTTP request latency",
         ["route", "method", "status"], registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25))
+
+
+def setup(app: web.Application) -> None:
     r = app.router
     r.add_get("/v1/cluster", get_cluster)
     r.add_get("/healthz", healthz)

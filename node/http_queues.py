@@ -68,17 +68,27 @@ async def receive(request: web.Request) -> web.Response:
     req = validate.receive_request(await read_body(request), context.limits)
     cmd = {"op": "queue.receive", "queue": name, "max_messages": req["max_messages"],
            "visibility_timeout_s": req["visibility_timeout_s"], "ack": req["ack"]}
-    deadline = time.monotonic() + req["wait_s"]
+    result = await receive_wait(context, request, cmd, time.monotonic() + req["wait_s"])
+    if result is None:
+        return web.Response(status=499)
+    return respond(request, result)
+
+
+async def receive_wait(context: NodeContext, request: web.Request, cmd: dict[str, Any],
+                       deadline: float) -> dict[str, Any] | None:
+    """Propose `cmd` (a queue.receive) once something is ready here or the deadline passed.
+
+    Waiting costs nothing but a future: the node's apply notifier wakes it. A client that went
+    away before anything was received gets nothing proposed for it (None)."""
+    name = cmd["queue"]
     while True:
         ready = context.read(lambda s, now: s.ready_count(name, now))
-        if ready < 0:  # the queue does not exist (here): let the leader say so
-            ready = 1
-        if ready > 0 or time.monotonic() >= deadline:
+        if ready != 0 or time.monotonic() >= deadline:  # < 0: unknown here; the leader decides
             if client_gone(request):
-                return web.Response(status=499)
-            result = await context.propose(cmd)
+                return None
+            result: dict[str, Any] = await context.propose(cmd)
             if result["messages"] or time.monotonic() >= deadline:
-                return respond(request, result)
+                return result
         if context.notifier.full():
             raise BrokerError("overloaded", "too many long polls in flight; retry later")
         await context.notifier.wait(deadline - time.monotonic())

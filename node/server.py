@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from node import http_cluster, http_queues, http_topics
+from node import http_cluster, http_queues, http_request, http_topics, openapi
 from node.app import CTX, NodeContext, error_middleware, header_middleware
 from node.config import ClusterConfig, split_addr
 from node.waiters import ApplyNotifier
@@ -28,10 +28,18 @@ def build_app(context: NodeContext) -> web.Application:
         middlewares=[http_cluster.timing_middleware, header_middleware, error_middleware],
     )
     app[CTX] = context
-    http_cluster.setup(app, context)
+    http_cluster.setup_metrics(app, context)
+    add_routes(app)
+    return app
+
+
+def add_routes(app: web.Application) -> None:
+    """Every route of the API (tests/unit/test_openapi.py checks them against the OpenAPI)."""
+    http_cluster.setup(app)
     http_queues.setup(app)
     http_topics.setup(app)
-    return app
+    http_request.setup(app)
+    openapi.setup(app)
 
 
 def limits_from(cluster: ClusterConfig) -> Limits:
@@ -49,7 +57,7 @@ async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path) -> None:
     replica = await Replica.start(ReplicaConfig(
         node_id=spec.id, raft_addr=spec.raft,
         peers={n.id: n.raft for n in cluster.nodes if n.id != spec.id},
-        data_dir=data_dir, secret=cluster.raft_secret, **cluster.raft))
+        data_dir=data_dir, secret=cluster.raft_secret, raft_conf=dict(cluster.raft)))
     notifier = ApplyNotifier(LONG_POLLS_MAX)
     replica.add_apply_listener(notifier.fire)
     context = NodeContext(cluster=cluster, node=spec, replica=replica,

@@ -1,0 +1,157 @@
+"""Idempotent producers (API.md "Exactly-once"): ids, epochs, sequence numbers. Pure.
+
+A producer is registered (`register`) and then tags each publish with {id, epoch, seq}:
+
+* seq == last + 1: apply, and remember the result (the last `producer_seq_window` of them);
+* seq already applied, still in the window: answer the stored result with duplicate: true,
+  apply nothing;
+* any other seq: `out_of_order_sequence`, naming `expected_seq`;
+* an older epoch: `producer_fenced`; an unknown, expired or evicted id (or an epoch the state
+  never issued): `producer_unknown` -- register again.
+
+A command that fails (an error result) does not consume its seq, so the same seq can be
+retried (storage/DESIGN.md). Producers idle for `producer_idle_expiry_s` of command time
+expire; at most `producers_max` exist, the least recently used evicted first. The table is a
+dict kept in least-recently-used order, so expiry and eviction cost O(removed).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from typing import Any
+
+from storage.errors import BrokerError
+from storage.limits import DEFAULT_LIMITS, Limits
+from storage.queues import s_to_ms
+
+
+class Producer:
+    __slots__ = ("epoch", "last_seq", "results", "last_used_ms")
+
+    def __init__(self, epoch: int, now_ms: int) -> None:
+        self.epoch = epoch
+        self.last_seq = -1
+        self.results: deque[tuple[int, dict[str, Any]]] = deque()
+        self.last_used_ms = now_ms
+
+
+class Producers:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.table: dict[str, Producer] = {}  # least recently used first
+        self.next_id = 1
+        self.evicted_total = 0
+        self.expired_total = 0
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def _touch(self, pid: str, p: Producer, now_ms: int) -> None:
+        p.last_used_ms = now_ms
+        del self.table[pid]
+        self.table[pid] = p  # to the most recently used end
+
+    def register(self, pid: str | None, now_ms: int) -> dict[str, Any]:
+        """Register a new producer (epoch 1) or bump an existing one's epoch (fencing)."""
+        if pid is None:
+            pid = self._new_id()
+        existing = self.table.get(pid)
+        if existing is not None:
+            p = Producer(existing.epoch + 1, now_ms)
+            del self.table[pid]
+        else:
+            if len(self.table) >= self.limits.producers_max:
+                self._evict_oldest()
+            p = Producer(1, now_ms)
+        self.table[pid] = p
+        assert len(self.table) <= self.limits.producers_max
+        return {"id": pid, "epoch": p.epoch}
+
+    def _new_id(self) -> str:
+        while True:
+            pid = f"p-{self.next_id}"
+            self.next_id += 1
+            if pid not in self.table:
+                return pid
+
+    def _evict_oldest(self) -> None:
+        oldest = next(iter(self.table))
+        del self.table[oldest]
+        self.evicted_total += 1
+
+    def check(self, ref: dict[str, Any], now_ms: int) -> dict[str, Any] | None:
+        """None: apply the command. A dict: the stored duplicate answer. Raises on refusal."""
+        pid, epoch, seq = ref["id"], ref["epoch"], ref["seq"]
+        p = self.table.get(pid)
+        if p is None:
+            raise BrokerError("producer_unknown", f"producer.id: {pid!r} is unknown, expired "
+                                                  "or evicted; register it again")
+        if epoch < p.epoch:
+            raise BrokerError("producer_fenced", f"producer.epoch: {epoch} is fenced by "
+                                                 f"epoch {p.epoch}", current_epoch=p.epoch)
+        if epoch > p.epoch:
+            raise BrokerError("producer_unknown", f"producer.epoch: {epoch} was never issued "
+                                                  f"(current {p.epoch}); register again")
+        self._touch(pid, p, now_ms)
+        expected = p.last_seq + 1
+        if seq == expected:
+            return None
+        if seq < expected:
+            for old_seq, result in p.results:
+                if old_seq == seq:
+                    return _as_duplicate(result)
+        raise BrokerError("out_of_order_sequence",
+                          f"producer.seq: {seq} is out of order, expected {expected}",
+                          expected_seq=expected)
+
+    def record(self, ref: dict[str, Any], result: dict[str, Any], now_ms: int) -> None:
+        p = self.table[ref["id"]]
+        assert ref["seq"] == p.last_seq + 1 and ref["epoch"] == p.epoch
+        p.last_seq = ref["seq"]
+        p.results.append((ref["seq"], copy.deepcopy(result)))
+        while len(p.results) > self.limits.producer_seq_window:
+            p.results.popleft()
+        p.last_used_ms = now_ms
+
+    def expire(self, now_ms: int) -> None:
+        """Drop producers idle for producer_idle_expiry_s: O(expired)."""
+        idle_ms = s_to_ms(self.limits.producer_idle_expiry_s)
+        while self.table:
+            pid = next(iter(self.table))
+            if self.table[pid].last_used_ms + idle_ms > now_ms:
+                break
+            del self.table[pid]
+            self.expired_total += 1
+
+    # ----- snapshot
+    def encode(self) -> dict[str, Any]:
+        return {
+            "next_id": self.next_id,
+            "evicted_total": self.evicted_total,
+            "expired_total": self.expired_total,
+            "table": [[pid, p.epoch, p.last_seq, p.last_used_ms,
+                       [[s, r] for s, r in p.results]] for pid, p in self.table.items()],
+        }
+
+    @classmethod
+    def decode(cls, obj: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Producers:
+        out = cls(limits)
+        out.next_id = obj["next_id"]
+        out.evicted_total = obj["evicted_total"]
+        out.expired_total = obj["expired_total"]
+        for pid, epoch, last_seq, last_used_ms, results in obj["table"]:
+            p = Producer(epoch, last_used_ms)
+            p.last_seq = last_seq
+            p.results = deque((s, r) for s, r in results)
+            out.table[pid] = p
+        return out
+
+
+def _as_duplicate(result: dict[str, Any]) -> dict[str, Any]:
+    dup = copy.deepcopy(result)
+    dup["duplicate"] = True
+    for m in dup.get("messages") or []:
+        if isinstance(m, dict):
+            m["duplicate"] = True
+    return dup

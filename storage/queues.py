@@ -1,0 +1,880 @@
+"""Queues at the state level: pure, deterministic, every command O(messages touched).
+
+One `Queue` holds its messages in one dict (insertion order) and indexes them by state:
+
+* ready: one heap per priority level of (pos, msg_id); `pos` is the queue's enqueue counter, so a
+  redelivered message goes back to its place (FIFO by enqueue order within a priority). Entries
+  are deleted lazily (a stale entry's message is gone or no longer READY), and every heap's top is
+  kept valid after each command, so reads can peek without mutating.
+* in flight: message state INFLIGHT plus a lease heap (deadline_ms, msg_id, delivery).
+* delayed: message state DELAYED plus a heap (ready_at_ms, msg_id).
+* ttl: a heap (expires_at_ms, msg_id) of messages with a TTL.
+* groups: per group name the active message (ready, in flight or delayed by a nack) and a FIFO
+  of waiting messages (state WAITING): at most one message of a group is in flight.
+* dedup: dedup_id -> (msg_id, expires_at_ms) plus a FIFO of (expires_at_ms, dedup_id); the window
+  is fixed per queue, so expiry times are non-decreasing in that FIFO.
+
+`Queues` holds every queue, the id counters and a timer heap (due_ms, queue) so timers fire in
+O(due) per command. Messages that must leave a queue for its dead-letter queue are returned by the
+`Queue` methods and routed by `Queues`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from storage.errors import BrokerError
+from storage.limits import DEFAULT_LIMITS, Limits
+
+READY, INFLIGHT, DELAYED, WAITING = 0, 1, 2, 3
+PRIORITY_LEVELS = 10
+
+REASON_MAX_RECEIVES = "max_receives"
+REASON_TTL = "ttl_expired"
+REASON_OVERFLOW = "overflow"
+
+DEFAULT_QUEUE_CONFIG: dict[str, Any] = {
+    "visibility_timeout_s": 30,
+    "max_receives": 0,
+    "dead_letter_queue": None,
+    "message_ttl_s": 0,
+    "max_length": 0,
+    "max_bytes": 0,
+    "overflow": "reject",
+    "delay_s": 0,
+    "dedup_window_s": 300,
+    "expires_s": 0,
+    "durability": "fsync",
+}
+
+
+def s_to_ms(seconds: float) -> int:
+    """Durations in commands are seconds (int or float); inside the state they are integer ms."""
+    return int(round(seconds * 1000))
+
+
+class Msg:
+    """One message in one queue."""
+
+    __slots__ = (
+        "id", "body", "headers", "priority", "group", "correlation_id", "reply_to",
+        "published_at", "receive_count", "expires_at", "pos", "state", "delivery",
+        "lease_ms", "ready_at_ms",
+    )
+    FIELDS = __slots__
+
+    def __init__(self, mid: int, body: bytes, headers: dict[str, str], priority: int,
+                 group: str | None, correlation_id: str | None, reply_to: str | None,
+                 published_at: int) -> None:
+        self.id = mid
+        self.body = body
+        self.headers = headers
+        self.priority = priority
+        self.group = group
+        self.correlation_id = correlation_id
+        self.reply_to = reply_to
+        self.published_at = published_at
+        self.receive_count = 0
+        self.expires_at = 0  # 0 = never
+        self.pos = 0
+        self.state = READY
+        self.delivery = 0  # the current delivery number (receipt), 0 = none
+        self.lease_ms = 0
+        self.ready_at_ms = 0
+
+    def encode(self) -> list[Any]:
+        return [getattr(self, f) for f in self.FIELDS]
+
+    @classmethod
+    def decode(cls, fields: list[Any]) -> Msg:
+        assert len(fields) == len(cls.FIELDS), "message record of the wrong length"
+        m = cls.__new__(cls)
+        for name, value in zip(cls.FIELDS, fields, strict=True):
+            setattr(m, name, value)
+        return m
+
+
+def receipt_of(msg: Msg) -> str:
+    return f"{msg.id}.{msg.delivery}"
+
+
+def parse_receipt(receipt: Any) -> tuple[int, int] | None:
+    if not isinstance(receipt, str) or len(receipt) > 64:
+        return None
+    mid, sep, delivery = receipt.partition(".")
+    if not sep or not mid.isdigit() or not delivery.isdigit():
+        return None
+    return int(mid), int(delivery)
+
+
+class Group:
+    __slots__ = ("active", "waiting")
+
+    def __init__(self) -> None:
+        self.active: int | None = None
+        self.waiting: deque[int] = deque()
+
+
+Dead = list[tuple[Msg, str]]  # messages that left a queue for its dead-letter queue, with reason
+
+
+class Queue:
+    """One queue. Methods change only this queue; dead letters are returned to the caller."""
+
+    def __init__(self, name: str, config: dict[str, Any], now_ms: int) -> None:
+        self.name = name
+        self.config = config
+        self.msgs: dict[int, Msg] = {}
+        self.ready: list[list[tuple[int, int]]] = [[] for _ in range(PRIORITY_LEVELS)]
+        self.leases: list[tuple[int, int, int]] = []
+        self.delayed: list[tuple[int, int]] = []
+        self.ttls: list[tuple[int, int]] = []
+        self.groups: dict[str, Group] = {}
+        self.dedup: dict[str, tuple[int, int]] = {}
+        self.dedup_order: deque[tuple[int, str]] = deque()
+        self.next_pos = 1
+        self.ready_n = 0
+        self.ready_bytes = 0
+        self.inflight_n = 0
+        self.delayed_n = 0
+        self.waiting_n = 0
+        self.total_bytes = 0
+        self.published_total = 0
+        self.acked_total = 0
+        self.dead_lettered_total = 0
+        self.dropped_total = 0
+        self.expired_total = 0
+        self.last_activity_ms = now_ms
+        self.scheduled_ms: int | None = None  # the due time pushed on the store's timer heap
+
+    # ----- config helpers
+    @property
+    def visibility_ms(self) -> int:
+        return s_to_ms(self.config["visibility_timeout_s"])
+
+    @property
+    def max_receives(self) -> int:
+        return int(self.config["max_receives"])
+
+    def __len__(self) -> int:
+        return len(self.msgs)
+
+    # ----- capacity
+    def room_needed(self, n: int, nbytes: int) -> bool:
+        """Can n messages of nbytes in total be added (dropping oldest ready ones if allowed)?"""
+        max_len, max_bytes = self.config["max_length"], self.config["max_bytes"]
+        if self.config["overflow"] == "drop_oldest":
+            fixed_n, fixed_b = len(self.msgs) - self.ready_n, self.total_bytes - self.ready_bytes
+        else:
+            fixed_n, fixed_b = len(self.msgs), self.total_bytes
+        if max_len and fixed_n + n > max_len:
+            return False
+        return not (max_bytes and fixed_b + nbytes > max_bytes)
+
+    def over_limit(self) -> bool:
+        max_len, max_bytes = self.config["max_length"], self.config["max_bytes"]
+        return bool((max_len and len(self.msgs) > max_len)
+                    or (max_bytes and self.total_bytes > max_bytes))
+
+    # ----- enqueue
+    def enqueue(self, msg: Msg, delay_ms: int, ttl_ms: int, now_ms: int) -> list[Msg]:
+        """Add a message (room checked by the caller); returns messages dropped by overflow."""
+        assert msg.id not in self.msgs, "message id enqueued twice"
+        msg.pos = self.next_pos
+        self.next_pos += 1
+        msg.receive_count = 0
+        msg.delivery = 0
+        msg.expires_at = now_ms + ttl_ms if ttl_ms > 0 else 0
+        self.msgs[msg.id] = msg
+        self.total_bytes += len(msg.body)
+        if msg.expires_at:
+            heapq.heappush(self.ttls, (msg.expires_at, msg.id))
+        if delay_ms > 0:
+            self._set_delayed(msg, now_ms + delay_ms)
+        else:
+            self._offer(msg)
+        dropped: list[Msg] = []
+        while self.over_limit():
+            assert self.config["overflow"] == "drop_oldest", "room not checked before enqueue"
+            victim = self._pop_oldest_ready()
+            assert victim is not None, "overflow with nothing droppable"
+            self._remove(victim)
+            self.dropped_total += 1
+            dropped.append(victim)
+        self._clean_tops()
+        return dropped
+
+    def _offer(self, msg: Msg) -> None:
+        """A message becomes available: ready, or waiting behind its group's active message."""
+        if msg.group is None:
+            self._push_ready(msg)
+            return
+        group = self.groups.get(msg.group)
+        if group is None:
+            group = self.groups[msg.group] = Group()
+        if group.active is None:
+            group.active = msg.id
+            self._push_ready(msg)
+        else:
+            msg.state = WAITING
+            group.waiting.append(msg.id)
+            self.waiting_n += 1
+
+    def _push_ready(self, msg: Msg) -> None:
+        msg.state = READY
+        heapq.heappush(self.ready[msg.priority], (msg.pos, msg.id))
+        self.ready_n += 1
+        self.ready_bytes += len(msg.body)
+
+    def _set_delayed(self, msg: Msg, ready_at_ms: int) -> None:
+        msg.state = DELAYED
+        msg.ready_at_ms = ready_at_ms
+        heapq.heappush(self.delayed, (ready_at_ms, msg.id))
+        self.delayed_n += 1
+
+    # ----- removal
+    def _unindex(self, msg: Msg) -> None:
+        """Take a message out of its state's counters (heap entries go stale lazily)."""
+        if msg.state == READY:
+            self.ready_n -= 1
+            self.ready_bytes -= len(msg.body)
+        elif msg.state == INFLIGHT:
+            self.inflight_n -= 1
+        elif msg.state == DELAYED:
+            self.delayed_n -= 1
+        else:
+            assert msg.state == WAITING
+            self.waiting_n -= 1
+        assert min(self.ready_n, self.inflight_n, self.delayed_n, self.waiting_n) >= 0
+
+    def _remove(self, msg: Msg) -> None:
+        """A message leaves the queue for good (ack, dead letter, drop, expiry, redrive)."""
+        assert self.msgs.get(msg.id) is msg, "removing a message not in the queue"
+        self._unindex(msg)
+        del self.msgs[msg.id]
+        self.total_bytes -= len(msg.body)
+        if msg.group is not None:
+            self._leave_group(msg)
+
+    def _leave_group(self, msg: Msg) -> None:
+        assert msg.group is not None
+        group = self.groups[msg.group]
+        if group.active != msg.id:
+            return  # a waiting message leaves: its deque entry goes stale lazily
+        group.active = None
+        while group.waiting:
+            nxt = self.msgs.get(group.waiting.popleft())
+            if nxt is not None and nxt.state == WAITING and nxt.group == msg.group:
+                self.waiting_n -= 1
+                group.active = nxt.id
+                self._push_ready(nxt)
+                break
+        if group.active is None:
+            del self.groups[msg.group]
+
+    # ----- ready heaps
+    def _valid_ready(self, entry: tuple[int, int]) -> Msg | None:
+        msg = self.msgs.get(entry[1])
+        if msg is None or msg.state != READY or msg.pos != entry[0]:
+            return None
+        return msg
+
+    def _clean_tops(self) -> None:
+        """Keep every ready heap's top valid, so reads can peek without mutating."""
+        for heap in self.ready:
+            while heap and self._valid_ready(heap[0]) is None:
+                heapq.heappop(heap)
+
+    def _pop_ready(self) -> Msg | None:
+        """The next message to deliver: highest priority first, then enqueue order."""
+        for level in range(PRIORITY_LEVELS - 1, -1, -1):
+            heap = self.ready[level]
+            while heap:
+                msg = self._valid_ready(heapq.heappop(heap))
+                if msg is not None:
+                    return msg
+        return None
+
+    def _pop_oldest_ready(self) -> Msg | None:
+        """The ready message enqueued first, whatever its priority."""
+        self._clean_tops()
+        best = -1
+        for level in range(PRIORITY_LEVELS):
+            heap = self.ready[level]
+            if heap and (best < 0 or heap[0][0] < self.ready[best][0][0]):
+                best = level
+        if best < 0:
+            return None
+        msg = self._valid_ready(heapq.heappop(self.ready[best]))
+        assert msg is not None, "ready heap top was not clean"
+        return msg
+
+    # ----- consumers
+    def receive(self, max_messages: int, visibility_ms: int, auto_ack: bool, now_ms: int,
+                first_delivery: int) -> list[dict[str, Any]]:
+        """Deliver up to max_messages; manual deliveries are numbered from first_delivery."""
+        assert max_messages >= 1 and first_delivery >= 1
+        self.last_activity_ms = now_ms
+        out: list[dict[str, Any]] = []
+        delivery = first_delivery
+        while len(out) < max_messages:
+            msg = self._pop_ready()
+            if msg is None:
+                break
+            assert not self.max_receives or msg.receive_count < self.max_receives
+            self.ready_n -= 1
+            self.ready_bytes -= len(msg.body)
+            msg.receive_count += 1
+            msg.state = INFLIGHT
+            self.inflight_n += 1
+            if not auto_ack:
+                msg.delivery = delivery
+                delivery += 1
+            out.append(self._deliver(msg, visibility_ms, auto_ack, now_ms))
+        self._clean_tops()
+        return out
+
+    def _deliver(self, msg: Msg, visibility_ms: int, auto_ack: bool,
+                 now_ms: int) -> dict[str, Any]:
+        assert msg.state == INFLIGHT
+        view = {
+            "id": str(msg.id), "body": msg.body, "headers": msg.headers,
+            "priority": msg.priority, "group": msg.group,
+            "correlation_id": msg.correlation_id, "reply_to": msg.reply_to,
+            "published_at": msg.published_at, "receive_count": msg.receive_count,
+            "receipt": None, "lease_expires_at": None,
+        }
+        if auto_ack:
+            self._remove(msg)
+            self.acked_total += 1
+            return view
+        assert msg.delivery > 0
+        msg.lease_ms = now_ms + visibility_ms
+        heapq.heappush(self.leases, (msg.lease_ms, msg.id, msg.delivery))
+        view["receipt"] = receipt_of(msg)
+        view["lease_expires_at"] = msg.lease_ms
+        return view
+
+    def current(self, receipt: Any) -> Msg | None:
+        """The in-flight message this receipt names, if it is still that message's delivery."""
+        parsed = parse_receipt(receipt)
+        if parsed is None:
+            return None
+        msg = self.msgs.get(parsed[0])
+        if msg is None or msg.state != INFLIGHT or msg.delivery != parsed[1]:
+            return None
+        return msg
+
+    def ack(self, receipts: list[Any], now_ms: int) -> tuple[int, list[Any]]:
+        self.last_activity_ms = now_ms
+        acked, stale = 0, []
+        for receipt in receipts:
+            msg = self.current(receipt)
+            if msg is None:
+                stale.append(receipt)
+                continue
+            self._remove(msg)
+            self.acked_total += 1
+            acked += 1
+        self._clean_tops()
+        return acked, stale
+
+    def nack(self, receipts: list[Any], delay_ms: int, now_ms: int) -> tuple[int, list[Any], Dead]:
+        self.last_activity_ms = now_ms
+        dead: Dead = []
+        nacked, stale = 0, []
+        for receipt in receipts:
+            msg = self.current(receipt)
+            if msg is None:
+                stale.append(receipt)
+                continue
+            nacked += 1
+            self._release(msg, delay_ms, now_ms, dead)
+        self._clean_tops()
+        return nacked, stale, dead
+
+    def visibility(self, receipts: list[Any], timeout_ms: int,
+                   now_ms: int) -> tuple[list[dict[str, Any]], list[Any], Dead]:
+        self.last_activity_ms = now_ms
+        dead: Dead = []
+        updated: list[dict[str, Any]] = []
+        stale: list[Any] = []
+        for receipt in receipts:
+            msg = self.current(receipt)
+            if msg is None:
+                stale.append(receipt)
+                continue
+            if timeout_ms <= 0:
+                self._release(msg, 0, now_ms, dead)
+                updated.append({"receipt": receipt, "lease_expires_at": now_ms})
+                continue
+            msg.lease_ms = now_ms + timeout_ms
+            heapq.heappush(self.leases, (msg.lease_ms, msg.id, msg.delivery))
+            updated.append({"receipt": receipt, "lease_expires_at": msg.lease_ms})
+        self._clean_tops()
+        return updated, stale, dead
+
+    def _release(self, msg: Msg, delay_ms: int, now_ms: int, dead: Dead) -> None:
+        """An in-flight message comes back (nack, lease expiry, visibility 0)."""
+        assert msg.state == INFLIGHT
+        msg.delivery = 0  # any receipt of it is now stale
+        if msg.expires_at and msg.expires_at <= now_ms:
+            self._expire(msg, dead)
+            return
+        if self.max_receives and msg.receive_count >= self.max_receives:
+            self._dead_letter(msg, REASON_MAX_RECEIVES, dead)
+            return
+        self.inflight_n -= 1
+        if delay_ms > 0:
+            self._set_delayed(msg, now_ms + delay_ms)
+        else:
+            self._push_ready(msg)
+
+    def _dead_letter(self, msg: Msg, reason: str, dead: Dead) -> None:
+        self._remove(msg)
+        self.dead_lettered_total += 1
+        dead.append((msg, reason))
+
+    def _expire(self, msg: Msg, dead: Dead) -> None:
+        self.expired_total += 1
+        self._dead_letter(msg, REASON_TTL, dead)
+
+    def purge(self) -> int:
+        """Remove every message (in-flight ones too: their receipts become stale)."""
+        n = len(self.msgs)
+        self.msgs.clear()
+        self.ready = [[] for _ in range(PRIORITY_LEVELS)]
+        self.leases, self.delayed, self.ttls = [], [], []
+        self.groups.clear()
+        self.ready_n = self.ready_bytes = self.inflight_n = self.delayed_n = 0
+        self.waiting_n = self.total_bytes = 0
+        return n
+
+    def peek_ready(self) -> Msg | None:
+        """The message _pop_ready would return, without changing anything."""
+        for level in range(PRIORITY_LEVELS - 1, -1, -1):
+            heap = self.ready[level]
+            if heap:
+                msg = self._valid_ready(heap[0])
+                assert msg is not None, "ready heap top was not clean"
+                return msg
+        return None
+
+    def take_next_ready(self) -> Msg | None:
+        """Remove the next ready message in delivery order (for redrive)."""
+        msg = self._pop_ready()
+        if msg is not None:
+            self._remove(msg)
+        self._clean_tops()
+        return msg
+
+    # ----- dedup
+    def dedup_lookup(self, dedup_id: str, now_ms: int) -> int | None:
+        entry = self.dedup.get(dedup_id)
+        if entry is None or entry[1] <= now_ms:
+            return None
+        return entry[0]
+
+    def dedup_remember(self, dedup_id: str, mid: int, now_ms: int) -> None:
+        window_ms = s_to_ms(self.config["dedup_window_s"])
+        if window_ms <= 0:
+            return
+        expires = now_ms + window_ms
+        assert not self.dedup_order or self.dedup_order[-1][0] <= expires
+        self.dedup[dedup_id] = (mid, expires)
+        self.dedup_order.append((expires, dedup_id))
+
+    # ----- timers
+    def next_due(self) -> int | None:
+        """The earliest time something may change on its own (entries may be stale: early)."""
+        dues = [h[0][0] for h in (self.leases, self.delayed, self.ttls) if h]
+        if self.dedup_order:
+            dues.append(self.dedup_order[0][0])
+        if self.config["expires_s"]:
+            dues.append(self.last_activity_ms + s_to_ms(self.config["expires_s"]))
+        return min(dues) if dues else None
+
+    def is_expired(self, now_ms: int) -> bool:
+        expires_ms = s_to_ms(self.config["expires_s"])
+        return bool(expires_ms) and self.last_activity_ms + expires_ms <= now_ms
+
+    def fire(self, now_ms: int) -> Dead:
+        """Fire every timer due at now_ms: delays, leases, TTLs, dedup expiry."""
+        dead: Dead = []
+        self._fire_delays(now_ms, dead)
+        self._fire_leases(now_ms, dead)
+        self._fire_ttls(now_ms, dead)
+        while self.dedup_order and self.dedup_order[0][0] <= now_ms:
+            expires, dedup_id = self.dedup_order.popleft()
+            entry = self.dedup.get(dedup_id)
+            if entry is not None and entry[1] == expires:
+                del self.dedup[dedup_id]
+        self._clean_tops()
+        return dead
+
+    def _fire_delays(self, now_ms: int, dead: Dead) -> None:
+        while self.delayed and self.delayed[0][0] <= now_ms:
+            ready_at, mid = heapq.heappop(self.delayed)
+            msg = self.msgs.get(mid)
+            if msg is None or msg.state != DELAYED or msg.ready_at_ms != ready_at:
+                continue
+            self.delayed_n -= 1
+            group = self.groups.get(msg.group) if msg.group is not None else None
+            if group is not None and group.active == msg.id:
+                self._push_ready(msg)  # a nacked group head: its group stays blocked till now
+            else:
+                self._offer(msg)
+
+    def _fire_leases(self, now_ms: int, dead: Dead) -> None:
+        while self.leases and self.leases[0][0] <= now_ms:
+            lease_ms, mid, delivery = heapq.heappop(self.leases)
+            msg = self.msgs.get(mid)
+            if msg is None or msg.state != INFLIGHT or msg.delivery != delivery \
+                    or msg.lease_ms != lease_ms:
+                continue
+            self._release(msg, 0, now_ms, dead)
+
+    def _fire_ttls(self, now_ms: int, dead: Dead) -> None:
+        while self.ttls and self.ttls[0][0] <= now_ms:
+            expires, mid = heapq.heappop(self.ttls)
+            msg = self.msgs.get(mid)
+            if msg is None or msg.expires_at != expires:
+                continue
+            if msg.state == INFLIGHT:
+                continue  # a leased message expires when it comes back (see _release)
+            self._expire(msg, dead)
+
+    # ----- reads
+    def deliverable_count(self) -> int:
+        return self.ready_n
+
+    def oldest_ready_age_s(self, now_ms: int) -> float:
+        oldest: int | None = None
+        for heap in self.ready:
+            if heap:
+                msg = self.msgs[heap[0][1]]
+                if oldest is None or msg.published_at < oldest:
+                    oldest = msg.published_at
+        return 0.0 if oldest is None else max(0, now_ms - oldest) / 1000.0
+
+    def stats(self, now_ms: int) -> dict[str, Any]:
+        busy = sum(1 for g in self.groups.values()
+                   if g.active is not None and self.msgs[g.active].state == INFLIGHT)
+        return {
+            "ready": self.ready_n + self.waiting_n,
+            "in_flight": self.inflight_n,
+            "delayed": self.delayed_n,
+            "published_total": self.published_total,
+            "acked_total": self.acked_total,
+            "dead_lettered_total": self.dead_lettered_total,
+            "dropped_total": self.dropped_total,
+            "expired_total": self.expired_total,
+            "oldest_ready_age_s": self.oldest_ready_age_s(now_ms),
+            "bytes": self.total_bytes,
+            "groups": len(self.groups),
+            "groups_busy": busy,
+            "groups_blocked": sum(1 for g in self.groups.values() if g.waiting),
+        }
+
+    def info(self, now_ms: int) -> dict[str, Any]:
+        return {"name": self.name, "config": dict(self.config), "stats": self.stats(now_ms)}
+
+    # ----- snapshot
+    def encode(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "config": self.config,
+            "msgs": [m.encode() for m in self.msgs.values()],
+            "ready": self.ready, "leases": self.leases, "delayed": self.delayed,
+            "ttls": self.ttls,
+            "groups": [[k, g.active, list(g.waiting)] for k, g in self.groups.items()],
+            "dedup": [[k, v[0], v[1]] for k, v in self.dedup.items()],
+            "dedup_order": [list(e) for e in self.dedup_order],
+            "counters": [self.next_pos, self.ready_n, self.ready_bytes, self.inflight_n,
+                         self.delayed_n, self.waiting_n, self.total_bytes,
+                         self.published_total, self.acked_total, self.dead_lettered_total,
+                         self.dropped_total, self.expired_total, self.last_activity_ms,
+                         self.scheduled_ms],
+        }
+
+    @classmethod
+    def decode(cls, d: dict[str, Any]) -> Queue:
+        q = cls(d["name"], d["config"], 0)
+        for rec in d["msgs"]:
+            m = Msg.decode(rec)
+            q.msgs[m.id] = m
+        q.ready = [[(e[0], e[1]) for e in h] for h in d["ready"]]
+        assert len(q.ready) == PRIORITY_LEVELS
+        q.leases = [(e[0], e[1], e[2]) for e in d["leases"]]
+        q.delayed = [(e[0], e[1]) for e in d["delayed"]]
+        q.ttls = [(e[0], e[1]) for e in d["ttls"]]
+        for name, active, waiting in d["groups"]:
+            g = q.groups[name] = Group()
+            g.active = active
+            g.waiting = deque(waiting)
+        q.dedup = {k: (mid, exp) for k, mid, exp in d["dedup"]}
+        q.dedup_order = deque((e[0], e[1]) for e in d["dedup_order"])
+        (q.next_pos, q.ready_n, q.ready_bytes, q.inflight_n, q.delayed_n, q.waiting_n,
+         q.total_bytes, q.published_total, q.acked_total, q.dead_lettered_total,
+         q.dropped_total, q.expired_total, q.last_activity_ms, q.scheduled_ms) = d["counters"]
+        return q
+
+
+def make_message(mid: int, m: dict[str, Any], now_ms: int) -> Msg:
+    """A Msg from a validated message dict (see storage.validate.publish_messages)."""
+    return Msg(mid, m["body"], dict(m.get("headers") or {}), int(m.get("priority") or 0),
+               m.get("group"), m.get("correlation_id"), m.get("reply_to"), now_ms)
+
+
+class Queues:
+    """Every queue, the id counters, and the timer heap that fires queue timers in O(due)."""
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.queues: dict[str, Queue] = {}
+        self.next_msg_id = 1
+        self.next_delivery = 1
+        self.timers: list[tuple[int, str]] = []
+        self.on_delete: Callable[[str], None] | None = None
+
+    def get(self, name: str) -> Queue:
+        q = self.queues.get(name)
+        if q is None:
+            raise BrokerError("queue_not_found", f"queue: {name!r} does not exist")
+        return q
+
+    # ----- timers
+    def reschedule(self, q: Queue) -> None:
+        due = q.next_due()
+        if due is None:
+            return
+        if q.scheduled_ms is None or due < q.scheduled_ms:
+            heapq.heappush(self.timers, (due, q.name))
+            q.scheduled_ms = due
+
+    def fire(self, now_ms: int) -> None:
+        """Fire every queue timer due at now_ms."""
+        while self.timers and self.timers[0][0] <= now_ms:
+            due, name = heapq.heappop(self.timers)
+            q = self.queues.get(name)
+            if q is None or q.scheduled_ms != due:
+                continue
+            q.scheduled_ms = None
+            if q.is_expired(now_ms):
+                self.delete(name)
+                continue
+            self.route_dead(q, q.fire(now_ms), now_ms)
+            self.reschedule(q)
+            assert q.scheduled_ms is None or q.scheduled_ms > now_ms, "timer did not advance"
+
+    # ----- lifecycle
+    def create(self, name: str, config: dict[str, Any], now_ms: int) -> dict[str, Any]:
+        existing = self.queues.get(name)
+        if existing is not None:
+            if existing.config != config:
+                raise BrokerError("already_exists",
+                                  f"queue: {name!r} exists with another config")
+            return {"queue": {"name": name, **existing.config}, "created": False}
+        dlq = config.get("dead_letter_queue")
+        need = 1 + (1 if dlq is not None and dlq not in self.queues else 0)
+        if len(self.queues) + need > self.limits.queues_max:
+            raise BrokerError("overloaded", f"queue: queues_max ({self.limits.queues_max}) "
+                                            "reached; delete a queue first")
+        if dlq is not None and dlq not in self.queues:
+            self._add(dlq, dict(DEFAULT_QUEUE_CONFIG), now_ms)
+        self._add(name, config, now_ms)
+        return {"queue": {"name": name, **config}, "created": True}
+
+    def _add(self, name: str, config: dict[str, Any], now_ms: int) -> Queue:
+        assert name not in self.queues
+        q = self.queues[name] = Queue(name, config, now_ms)
+        self.reschedule(q)
+        return q
+
+    def delete(self, name: str) -> dict[str, Any]:
+        self.get(name)
+        del self.queues[name]
+        if self.on_delete is not None:
+            self.on_delete(name)
+        return {"deleted": True}
+
+    # ----- publish
+    def plan(self, name: str, messages: list[dict[str, Any]],
+             now_ms: int) -> tuple[Queue, list[int | None]]:
+        """Check that a batch can be published; for each message its dedup original id or None.
+
+        Changes nothing. Raises queue_not_found / queue_full.
+        """
+        q = self.get(name)
+        originals: list[int | None] = []
+        seen: dict[str, int] = {}
+        n = nbytes = 0
+        for i, m in enumerate(messages):
+            dedup_id = m.get("dedup_id")
+            original = None
+            if dedup_id is not None:
+                original = q.dedup_lookup(dedup_id, now_ms)
+                if original is None and dedup_id in seen:
+                    original = -1 - seen[dedup_id]  # refers to message i of this batch
+                seen.setdefault(dedup_id, i)
+            originals.append(original)
+            if original is None:
+                n += 1
+                nbytes += len(m["body"])
+        if not q.room_needed(n, nbytes):
+            raise BrokerError("queue_full", f"queue: {name!r} is full (max_length "
+                                            f"{q.config['max_length']}, max_bytes "
+                                            f"{q.config['max_bytes']}, overflow reject)")
+        return q, originals
+
+    def publish(self, name: str, messages: list[dict[str, Any]],
+                now_ms: int) -> dict[str, Any]:
+        q, originals = self.plan(name, messages, now_ms)
+        return self.commit(q, messages, originals, now_ms)
+
+    def commit(self, q: Queue, messages: list[dict[str, Any]], originals: list[int | None],
+               now_ms: int) -> dict[str, Any]:
+        """Publish a planned batch: cannot fail."""
+        out: list[dict[str, Any]] = []
+        ids: list[int] = []
+        dropped: list[Msg] = []
+        for m, original in zip(messages, originals, strict=True):
+            if original is not None:
+                mid = ids[-1 - original] if original < 0 else original
+                ids.append(mid)
+                out.append({"id": str(mid), "duplicate": True})
+                continue
+            mid = self.next_msg_id
+            self.next_msg_id += 1
+            ids.append(mid)
+            msg = make_message(mid, m, now_ms)
+            delay_ms = s_to_ms(m.get("delay_s") or q.config["delay_s"])
+            ttl_ms = s_to_ms(m.get("ttl_s") or q.config["message_ttl_s"])
+            dropped.extend(q.enqueue(msg, delay_ms, ttl_ms, now_ms))
+            q.published_total += 1
+            if m.get("dedup_id") is not None:
+                q.dedup_remember(m["dedup_id"], mid, now_ms)
+            out.append({"id": str(mid), "duplicate": False})
+        self.route_dead(q, [(d, REASON_OVERFLOW) for d in dropped], now_ms)
+        self.reschedule(q)
+        return {"messages": out, "duplicate": False}
+
+    # ----- dead letters
+    def route_dead(self, q: Queue, dead: Dead, now_ms: int) -> None:
+        """Send messages that left q to its dead-letter queue (created if missing), or drop them.
+
+        A dead-letter queue that is full (overflow reject) drops the message; one that drops its
+        oldest does not dead-letter those again (no cascades, no cycles).
+        """
+        dlq_name = q.config["dead_letter_queue"]
+        if not dead or dlq_name is None:
+            return
+        dlq = self.queues.get(dlq_name)
+        if dlq is None:
+            if len(self.queues) >= self.limits.queues_max:
+                return
+            dlq = self._add(dlq_name, dict(DEFAULT_QUEUE_CONFIG), now_ms)
+        for msg, reason in dead:
+            if not dlq.room_needed(1, len(msg.body)):
+                dlq.dropped_total += 1
+                continue
+            headers = dict(msg.headers)
+            headers["x-dead-letter-reason"] = reason
+            headers["x-original-queue"] = q.name
+            headers["x-receive-count"] = str(msg.receive_count)
+            msg.headers = headers
+            ttl_ms = s_to_ms(dlq.config["message_ttl_s"])
+            dlq.enqueue(msg, 0, ttl_ms, now_ms)
+            dlq.published_total += 1
+        self.reschedule(dlq)
+
+    # ----- consumers
+    def receive(self, name: str, max_messages: int, visibility_s: float | None, auto_ack: bool,
+                now_ms: int) -> dict[str, Any]:
+        q = self.get(name)
+        vis_ms = q.visibility_ms if visibility_s is None else s_to_ms(visibility_s)
+        out = q.receive(max_messages, vis_ms, auto_ack, now_ms, self.next_delivery)
+        if not auto_ack:
+            self.next_delivery += len(out)
+        self.reschedule(q)
+        return {"messages": out}
+
+    def ack(self, name: str, receipts: list[Any], now_ms: int) -> dict[str, Any]:
+        q = self.get(name)
+        acked, stale = q.ack(receipts, now_ms)
+        self.reschedule(q)
+        return {"acked": acked, "stale": stale}
+
+    def nack(self, name: str, receipts: list[Any], delay_s: float,
+             now_ms: int) -> dict[str, Any]:
+        q = self.get(name)
+        nacked, stale, dead = q.nack(receipts, s_to_ms(delay_s), now_ms)
+        self.route_dead(q, dead, now_ms)
+        self.reschedule(q)
+        return {"nacked": nacked, "stale": stale}
+
+    def visibility(self, name: str, receipts: list[Any], timeout_s: float,
+                   now_ms: int) -> dict[str, Any]:
+        q = self.get(name)
+        updated, stale, dead = q.visibility(receipts, s_to_ms(timeout_s), now_ms)
+        self.route_dead(q, dead, now_ms)
+        self.reschedule(q)
+        return {"updated": updated, "stale": stale}
+
+    def purge(self, name: str) -> dict[str, Any]:
+        return {"purged": self.get(name).purge()}
+
+    def redrive(self, name: str, to: str, max_messages: int, now_ms: int) -> dict[str, Any]:
+        """Move up to max_messages ready messages from name to to (stopping when to is full)."""
+        src, dst = self.get(name), self.get(to)
+        if src is dst:
+            raise BrokerError("invalid_request", "to: must name another queue")
+        moved = 0
+        while moved < max_messages:
+            nxt = src.peek_ready()
+            if nxt is None or not dst.room_needed(1, len(nxt.body)):
+                break
+            msg = src.take_next_ready()
+            assert msg is nxt
+            ttl_ms = s_to_ms(dst.config["message_ttl_s"])
+            dropped = dst.enqueue(msg, 0, ttl_ms, now_ms)
+            dst.published_total += 1
+            self.route_dead(dst, [(d, REASON_OVERFLOW) for d in dropped], now_ms)
+            moved += 1
+        self.reschedule(src)
+        self.reschedule(dst)
+        return {"moved": moved}
+
+    # ----- reads
+    def ready_count(self, name: str, now_ms: int) -> int:
+        q = self.queues.get(name)
+        if q is None:
+            return 0
+        due = q.next_due()
+        return q.deliverable_count() + (1 if due is not None and due <= now_ms else 0)
+
+    def depths(self) -> dict[str, dict[str, int]]:
+        return {name: {"ready": q.ready_n + q.waiting_n, "in_flight": q.inflight_n,
+                       "delayed": q.delayed_n}
+                for name, q in self.queues.items()}
+
+    # ----- snapshot
+    def encode(self) -> dict[str, Any]:
+        return {
+            "queues": [q.encode() for q in self.queues.values()],
+            "next_msg_id": self.next_msg_id, "next_delivery": self.next_delivery,
+            "timers": self.timers,
+        }
+
+    @classmethod
+    def decode(cls, d: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Queues:
+        qs = cls(limits)
+        for qd in d["queues"]:
+            q = Queue.decode(qd)
+            qs.queues[q.name] = q
+        qs.next_msg_id = d["next_msg_id"]
+        qs.next_delivery = d["next_delivery"]
+        qs.timers = [(e[0], e[1]) for e in d["timers"]]
+        return qs

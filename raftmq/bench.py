@@ -265,22 +265,41 @@ def descendants(root_pid: int) -> list[int]:
     return found
 
 
+def host_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole host since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    return (sum(ticks) - idle) / CLK_TCK, sum(ticks) / CLK_TCK
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds over one measured window (node_s None: node PIDs unknown)."""
+
+    node_s: float | None
+    client_s: float
+    host_busy_s: float   # the whole host: nodes, this client, kernel I/O and anyone else
+
+
 class CpuMeter:
-    """Node CPU (by PID) and this client's CPU over one measured window."""
+    """Node CPU (by PID), this client's CPU and the host's over one measured window."""
 
     def __init__(self, node_pids: list[int]) -> None:
         self.node_pids = node_pids
-        self.node0 = self.client0 = 0.0
+        self.node0 = self.client0 = self.host0 = 0.0
 
     def start(self) -> None:
         self.node0 = sum(proc_cpu_s(p) for p in self.node_pids)
         self.client0 = time.process_time()
+        self.host0 = host_busy_s()[0]
 
-    def stop(self) -> tuple[float | None, float]:
+    def stop(self) -> CpuUse:
         client = time.process_time() - self.client0
+        host = host_busy_s()[0] - self.host0
         if not self.node_pids:
-            return None, client
-        return sum(proc_cpu_s(p) for p in self.node_pids) - self.node0, client
+            return CpuUse(None, client, host)
+        return CpuUse(sum(proc_cpu_s(p) for p in self.node_pids) - self.node0, client, host)
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,8 +598,8 @@ async def show_progress(run: Run, t0: float, quiet: bool) -> None:
         sys.stderr.flush()
 
 
-async def measure(run: Run, meter: CpuMeter, quiet: bool) -> tuple[float, float | None, float]:
-    """Run the workload; wall seconds, node CPU seconds (None: unknown), client CPU seconds."""
+async def measure(run: Run, meter: CpuMeter, quiet: bool) -> tuple[float, CpuUse]:
+    """Run the workload; wall seconds and the CPU used meanwhile."""
     meter.start()
     t0 = time.perf_counter()
     progress = asyncio.create_task(show_progress(run, t0, quiet))
@@ -591,39 +610,46 @@ async def measure(run: Run, meter: CpuMeter, quiet: bool) -> tuple[float, float 
         if not quiet:
             sys.stderr.write("\n")
     wall_s = time.perf_counter() - t0
-    node_cpu_s, client_cpu_s = meter.stop()
+    cpu = meter.stop()
     assert wall_s > 0
-    return wall_s, node_cpu_s, client_cpu_s
+    return wall_s, cpu
 
 
-def summarise(run: Run, wall_s: float, node_cpu_s: float | None,
-              client_cpu_s: float) -> dict[str, Any]:
+def cpu_fields(cpu: CpuUse, wall_s: float, msgs: int) -> dict[str, Any]:
+    """CPU per message and in % of one core (a 2-core host has 200 %)."""
+    def pct(s: float | None) -> float | None:
+        return None if s is None else round(100 * s / wall_s, 1)
+
+    def per_msg(s: float | None) -> float | None:
+        return None if s is None or msgs == 0 else s / msgs
+
+    other = None if cpu.node_s is None else max(0.0, cpu.host_busy_s - cpu.node_s - cpu.client_s)
+    return {"node_cpu_s": None if cpu.node_s is None else round(cpu.node_s, 3),
+            "node_cpu_s_per_msg": per_msg(cpu.node_s), "node_cpu_pct": pct(cpu.node_s),
+            "client_cpu_s": round(cpu.client_s, 3), "client_cpu_s_per_msg": per_msg(cpu.client_s),
+            "client_cpu_pct": pct(cpu.client_s), "host_cpu_pct": pct(cpu.host_busy_s),
+            "other_cpu_pct": pct(other)}
+
+
+def summarise(run: Run, wall_s: float, cpu: CpuUse) -> dict[str, Any]:
     spec = run.spec
     main = run.consumers if spec.workload in ("receive", "e2e", "topic-read") else run.producers
     lat = run.producers if spec.workload == "e2e" else main
     errors = dict(run.producers.errors)
     for code, n in run.consumers.errors.items():
         errors[code] = errors.get(code, 0) + n
-    msgs = main.msgs
-
-    def per_msg(cpu_s: float | None) -> float | None:
-        return None if cpu_s is None or msgs == 0 else cpu_s / msgs
-
     return {
         "workload": spec.workload, "label": spec.name(), "batch": spec.batch,
         "concurrency": spec.concurrency, "consumers": spec.consumers, "size_bytes": spec.size_bytes,
         "partitions": spec.partitions, "durability": spec.durability or "default",
         "codec": run.client.codec.name, "urls": run.client.urls,
-        "msgs": msgs, "requests": run.producers.requests + run.consumers.requests,
-        "seconds": round(wall_s, 4), "msgs_per_s": round(msgs / wall_s, 1),
+        "msgs": main.msgs, "requests": run.producers.requests + run.consumers.requests,
+        "seconds": round(wall_s, 4), "msgs_per_s": round(main.msgs / wall_s, 1),
         "mb_per_s": round(main.body_bytes / wall_s / 1e6, 3),
         "latency_ms": latency_summary([x * 1000.0 for x in lat.latencies_s]),
         "e2e_latency_ms": latency_summary(run.consumers.e2e_ms) if spec.workload == "e2e"
         else None,
-        "node_cpu_s": None if node_cpu_s is None else round(node_cpu_s, 3),
-        "node_cpu_s_per_msg": per_msg(node_cpu_s),
-        "node_cpu_pct": None if node_cpu_s is None else round(100 * node_cpu_s / wall_s, 1),
-        "client_cpu_s": round(client_cpu_s, 3), "client_cpu_s_per_msg": per_msg(client_cpu_s),
+        **cpu_fields(cpu, wall_s, main.msgs),
         "errors": errors,
     }
 
@@ -634,10 +660,10 @@ async def run_spec(spec: Spec, client: Client, meter: CpuMeter, seq: int,
     run = Run(spec, client, queue=name, topic=name.replace("-", "_"))
     await set_up(run)
     try:
-        wall_s, node_cpu_s, client_cpu_s = await measure(run, meter, quiet)
+        wall_s, cpu = await measure(run, meter, quiet)
     finally:
         await tear_down(run)
-    return summarise(run, wall_s, node_cpu_s, client_cpu_s)
+    return summarise(run, wall_s, cpu)
 
 
 async def run_specs(specs: list[Spec], urls: list[str], pids: list[int],

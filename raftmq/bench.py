@@ -688,7 +688,7 @@ async def run_specs(specs: list[Spec], urls: list[str], pids: list[int],
 
 URL_RE = re.compile(r"http://127\.0\.0\.1:(\d+)")
 CLUSTER_STOP_TIMEOUT_S = 15.0
-BASE_PORT_SPAN = 100             # ports checked free above --base-port (HTTP and Raft)
+BASE_PORT_SPAN = 112             # ports checked free from --base-port: HTTP base+i, Raft base+100+i
 CLI_BOOT = "import sys; from node.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
@@ -755,8 +755,10 @@ class LocalCluster:
         if self.proc.poll() is not None:
             with open(os.path.join(self.dir, "cluster.log"), errors="replace") as f:
                 tail = f.read()[-2000:]
+            self.keep_data = True
             raise BenchError(f"`raftmq cluster up` exited with {self.proc.returncode}:\n"
-                             f"{''.join(self.lines)[-1000:]}{tail}")
+                             f"{''.join(self.lines)[-1000:]}{tail}\n"
+                             f"node logs kept in {self.dir}/data/*.log")
 
     def _wait_urls(self) -> list[str]:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -775,7 +777,9 @@ class LocalCluster:
         while pending:
             self._check_alive()
             if time.monotonic() > deadline:
-                raise BenchError(f"nodes not ready within {READY_TIMEOUT_S}s: {pending}")
+                self.keep_data = True
+                raise BenchError(f"nodes not ready within {READY_TIMEOUT_S}s: {pending}; "
+                                 f"node logs kept in {self.dir}/data/*.log")
             pending = [u for u in pending if not http_ok(u + "/readyz")]
             if pending:
                 time.sleep(0.1)
@@ -925,7 +929,8 @@ def main(argv: list[str] | None = None) -> int:
         if cluster is not None:
             cluster.stop()
     if args.json:
-        print(json.dumps({"results": results}, indent=1))
+        print(json.dumps({"results": results, "cluster": {
+            "local": cluster is not None, "urls": urls, "node_pids": pids}}, indent=1))
     else:
         print(table(results))
     return 0

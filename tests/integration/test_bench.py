@@ -1,0 +1,55 @@
+"""`raftmq bench` end to end against a real local cluster that the tool starts and stops itself.
+
+No speed assertions: only that every workload of the standard set runs, moves the messages it
+says, reports the documented JSON fields (node CPU included, since it knows the node PIDs), and
+leaves no node process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT_S = 240
+STANDARD = ["publish b1 c64", "publish b100 c16", "receive b100 c8", "e2e b100 c4", "latency b1 c1",
+            "topic-publish b100 c16", "topic-read b1000 c4"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 30)
+def test_standard_set_runs_against_its_own_cluster_and_stops_it() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "raftmq.bench", "--standard", "--count", "200", "--json", "-q"],
+        cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    results = out["results"]
+    assert [r["label"] for r in results] == STANDARD
+    for r in results:
+        assert r["errors"] == {}, r
+        assert r["msgs"] >= 200 if r["workload"] != "topic-read" else r["msgs"] >= 4 * 200
+        assert r["msgs_per_s"] > 0 and r["mb_per_s"] > 0
+        lat = r["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"], r
+        assert r["node_cpu_s_per_msg"] is not None and r["node_cpu_s_per_msg"] > 0, r
+        assert r["codec"] in ("json", "msgpack")
+    assert results[3]["e2e_latency_ms"]["p50"] is not None
+    cluster = out["cluster"]
+    assert cluster["local"] and len(cluster["urls"]) == 3
+    assert len(cluster["node_pids"]) >= 4  # `cluster up` and its three nodes
+    assert not [p for p in cluster["node_pids"] if alive(p)]

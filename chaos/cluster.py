@@ -1,0 +1,151 @@
+"""Node processes of a chaos run: config file, start, kill -9, pause, resume, data dirs.
+
+Each node runs as `ip netns exec <ns> raftmq node --config FILE --id nI --data-dir DIR` in its
+own session (process group), so `kill -9` reaches the node and anything it forks. Every
+process is signalled by its own PID / process group, never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from chaos.netns import Network, node_address
+
+RAFT_PORT = 7801
+HTTP_PORT = 8701
+STOP_WAIT_S = 10.0
+
+
+def default_node_cmd() -> list[str]:
+    """`raftmq` next to the running interpreter (the venv), else on PATH."""
+    beside = Path(sys.executable).parent / "raftmq"
+    if beside.exists():
+        return [str(beside), "node"]
+    found = shutil.which("raftmq")
+    return [found, "node"] if found else [sys.executable, "-m", "node.cli", "node"]
+
+
+@dataclass
+class NodeProc:
+    index: int
+    node_id: str
+    address: str
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+    starts: int = 0
+    log_fh: IO[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.address}:{HTTP_PORT}"
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Cluster:
+    net: Network
+    workdir: Path
+    node_cmd: list[str] = field(default_factory=default_node_cmd)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    nodes: list[NodeProc] = field(default_factory=list)
+    config_path: Path = Path()
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for i in range(1, self.net.nodes + 1):
+            self.nodes.append(NodeProc(
+                index=i, node_id=f"n{i}", address=node_address(i),
+                data_dir=self.workdir / f"data-n{i}", log_path=self.workdir / f"n{i}.log"))
+        self.config_path = self.workdir / "cluster.toml"
+        self.config_path.write_text(self.render_config())
+
+    def render_config(self) -> str:
+        lines = ['cluster = "chaos"', f'raft_secret = "{secrets.token_hex(16)}"']
+        for n in self.nodes:
+            lines += ["", "[[nodes]]", f'id = "{n.node_id}"',
+                      f'raft = "{n.address}:{RAFT_PORT}"', f'http = "{n.address}:{HTTP_PORT}"']
+        return "\n".join(lines) + "\n"
+
+    def node(self, index: int) -> NodeProc:
+        assert 1 <= index <= len(self.nodes), index
+        return self.nodes[index - 1]
+
+    def by_id(self, node_id: str) -> NodeProc:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    def start(self, index: int) -> None:
+        n = self.node(index)
+        assert not n.running(), f"{n.node_id} is already running"
+        n.data_dir.mkdir(parents=True, exist_ok=True)
+        if n.log_fh is None:
+            n.log_fh = n.log_path.open("ab")
+        n.log_fh.write(f"\n==== chaos: start #{n.starts + 1} at {time.time():.3f}\n".encode())
+        n.log_fh.flush()
+        argv = [*self.net.exec_prefix(index), *self.node_cmd, "--config", str(self.config_path),
+                "--id", n.node_id, "--data-dir", str(n.data_dir)]
+        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        n.proc = subprocess.Popen(argv, stdout=n.log_fh, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        n.starts += 1
+        n.paused = False
+
+    def start_all(self) -> None:
+        for n in self.nodes:
+            if not n.running():
+                self.start(n.index)
+
+    def signal(self, index: int, sig: signal.Signals) -> None:
+        n = self.node(index)
+        if n.proc is None or n.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(n.proc.pid, sig)
+
+    def kill(self, index: int) -> None:
+        """kill -9 (the whole process group), then reap it."""
+        n = self.node(index)
+        self.signal(index, signal.SIGKILL)
+        if n.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                n.proc.wait(timeout=STOP_WAIT_S)
+        n.paused = False
+
+    def pause(self, index: int) -> None:
+        self.signal(index, signal.SIGSTOP)
+        self.node(index).paused = True
+
+    def resume(self, index: int) -> None:
+        self.signal(index, signal.SIGCONT)
+        self.node(index).paused = False
+
+    def exited(self, index: int) -> int | None:
+        """The exit code if node `index` was started and has exited on its own."""
+        n = self.node(index)
+        return None if n.proc is None else n.proc.poll()
+
+    def stop_all(self) -> None:
+        """Kill every node (used in `finally`): SIGCONT first so a paused node can die."""
+        for n in self.nodes:
+            if n.proc is not None and n.proc.poll() is None:
+                self.resume(n.index)
+                self.kill(n.index)
+            if n.log_fh is not None:
+                n.log_fh.close()
+                n.log_fh = None

@@ -1,0 +1,320 @@
+"""Faults: a seeded schedule, and the nemesis that applies and heals each one.
+
+Families (the CLI's ``--faults``) expand into concrete kinds:
+
+    kill        kill-one, kill-minority, kill-leader, kill-all   (kill -9, restart at heal)
+    pause       pause-leader, pause-minority                     (SIGSTOP, SIGCONT at heal)
+    partition   partition-leader, partition-halves, partition-bridge, partition-one-way,
+                partition-client, partition-ring (5+ nodes)      (iptables DROP, flush at heal)
+    corrupt     corrupt-minority: kill a minority, truncate or bit-flip one file in each data
+                dir; at heal restart; a node that refuses to start gets its pre-fault copy back
+    power-loss  power-one, power-all (see chaos/README.md: needs the lazy FUSE file system)
+    wipe-majority  destructive: stop all, erase a majority's data, start that majority; the
+                old minority returns at heal. The checker MUST report the run invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos.client import Http
+from chaos.cluster import Cluster
+from chaos.history import OK, History
+from chaos.netns import CLIENT_ADDRESS, Network, node_address
+
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "kill": ("kill-one", "kill-minority", "kill-leader", "kill-all"),
+    "pause": ("pause-leader", "pause-minority"),
+    "partition": ("partition-leader", "partition-halves", "partition-bridge",
+                  "partition-one-way", "partition-client", "partition-ring"),
+    "corrupt": ("corrupt-minority",),
+    "power-loss": ("power-one", "power-all"),
+    "wipe-majority": ("wipe-majority",),
+    "none": (),
+}
+QUIET_START_S = 5.0
+FAULT_MIN_S = 4.0
+FAULT_MAX_S = 8.0
+QUIET_MIN_S = 3.0
+QUIET_MAX_S = 6.0
+REFUSE_WATCH_S = 5.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    id: int
+    kind: str
+    start_s: float
+    duration_s: float
+
+
+def kinds_for(families: list[str], nodes: int) -> list[str]:
+    kinds: list[str] = []
+    for fam in families:
+        if fam in FAMILIES:
+            kinds += FAMILIES[fam]
+        elif any(fam in ks for ks in FAMILIES.values()):
+            kinds.append(fam)
+        else:
+            raise ValueError(f"unknown fault {fam!r}; known: {', '.join(sorted(FAMILIES))}")
+    if nodes < 5:
+        kinds = [k for k in kinds if k != "partition-ring"]
+    return kinds
+
+
+def schedule(families: list[str], nodes: int, duration_s: float, seed: int) -> list[Fault]:
+    """Quiet start, then fault / quiet alternating; every fault ends 3 s before the end."""
+    kinds = kinds_for(families, nodes)
+    rng = random.Random(seed)
+    faults: list[Fault] = []
+    t = min(QUIET_START_S, duration_s / 6)
+    while kinds:
+        dur = rng.uniform(FAULT_MIN_S, FAULT_MAX_S)
+        if t + dur > duration_s - QUIET_MIN_S:
+            break
+        faults.append(Fault(len(faults) + 1, rng.choice(kinds), round(t, 3), round(dur, 3)))
+        t += dur + rng.uniform(QUIET_MIN_S, QUIET_MAX_S)
+    return faults
+
+
+@dataclass
+class Nemesis:
+    cluster: Cluster
+    net: Network
+    http: Http
+    history: History
+    seed: int
+    active: dict[int, dict[str, Any]] = field(default_factory=dict)
+    lazyfs: Any = None  # chaos.lazyfs.LazyMounts when power loss is available
+
+    @property
+    def n(self) -> int:
+        return len(self.cluster.nodes)
+
+    def _rng(self, fault: Fault) -> random.Random:
+        return random.Random(self.seed * 7919 + fault.id)
+
+    async def leader(self) -> int | None:
+        """The index of the leader most running nodes name (highest term), or None."""
+        votes: dict[tuple[int, str], int] = {}
+        for node in self.cluster.nodes:
+            if not node.running() or node.paused:
+                continue
+            out = await self.http.call("GET", f"{node.http_url}/v1/cluster", timeout_s=1.0)
+            if out.type == OK and isinstance(out.body, dict) and out.body.get("leader"):
+                key = (int(out.body.get("term") or 0), str(out.body["leader"]))
+                votes[key] = votes.get(key, 0) + 1
+        if not votes:
+            return None
+        _term, leader_id = max(votes, key=lambda k: (k[0], votes[k]))
+        try:
+            return self.cluster.by_id(leader_id).index
+        except KeyError:
+            return None
+
+    async def _leader_or_random(self, rng: random.Random) -> int:
+        leader = await self.leader()
+        return leader if leader is not None else rng.randint(1, self.n)
+
+    def _minority(self, rng: random.Random, size: int | None = None) -> list[int]:
+        k = size if size is not None else rng.randint(1, (self.n - 1) // 2)
+        return sorted(rng.sample(range(1, self.n + 1), k))
+
+    # -- run a schedule ---------------------------------------------------------------------
+    async def run(self, faults: list[Fault], t0: float) -> None:
+        loop = asyncio.get_running_loop()
+        for fault in faults:
+            await asyncio.sleep(max(0.0, t0 + fault.start_s - loop.time()))
+            await self.start(fault)
+            await asyncio.sleep(max(0.0, t0 + fault.start_s + fault.duration_s - loop.time()))
+            await self.stop(fault)
+
+    async def start(self, fault: Fault) -> None:
+        rng = self._rng(fault)
+        family = fault.kind.split("-")[0]
+        handler = {"kill": self._kill, "pause": self._pause, "partition": self._partition,
+                   "corrupt": self._corrupt, "power": self._power, "wipe": self._wipe}[family]
+        details = await handler(fault, rng)
+        self.active[fault.id] = {"fault": fault, **details}
+        self.history.nemesis("start", {"id": fault.id, "fault": fault.kind, **details})
+
+    async def stop(self, fault: Fault) -> None:
+        info = self.active.pop(fault.id)
+        healed = await self._heal(fault, info)
+        self.history.nemesis("stop", {"id": fault.id, "fault": fault.kind, **healed})
+
+    async def heal_all(self) -> None:
+        for fid in sorted(self.active):
+            await self.stop(self.active[fid]["fault"])
+        await asyncio.to_thread(self.net.heal)
+        for node in self.cluster.nodes:
+            if node.paused:
+                self.cluster.resume(node.index)
+            if not node.running():
+                await asyncio.to_thread(self.cluster.start, node.index)
+
+    # -- fault kinds ------------------------------------------------------------------------
+    async def _kill(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
+        targets = {
+            "kill-one": lambda: self._minority(rng, 1),
+            "kill-minority": lambda: self._minority(rng),
+            "kill-all": lambda: list(range(1, self.n + 1)),
+        }.get(fault.kind)
+        idx = targets() if targets else [await self._leader_or_random(rng)]
+        for i in idx:
+            await asyncio.to_thread(self.cluster.kill, i)
+        return {"targets": self._ids(idx), "restart": idx}
+
+    async def _pause(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
+        if fault.kind == "pause-leader":
+            idx = [await self._leader_or_random(rng)]
+        else:
+            idx = self._minority(rng)
+        for i in idx:
+            self.cluster.pause(i)
+        return {"targets": self._ids(idx), "resume": idx}
+
+    async def _partition(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
+        grudge = await self._grudge(fault.kind, rng)
+        for to, sources in grudge.items():
+            for src in sorted(sources):
+                await asyncio.to_thread(self.net.drop_from, to, src)
+        shown = {self.cluster.node(to).node_id: sorted(srcs) for to, srcs in grudge.items()}
+        return {"targets": sorted(shown), "grudge": shown}
+
+    async def _grudge(self, kind: str, rng: random.Random) -> dict[int, set[str]]:
+        """node index -> addresses it must not hear from."""
+        everyone = list(range(1, self.n + 1))
+        if kind == "partition-client":
+            return {i: {CLIENT_ADDRESS} for i in self._minority(rng)}
+        if kind == "partition-one-way":
+            a, b = rng.sample(everyone, 2)
+            return {b: {node_address(a)}}
+        if kind == "partition-leader":
+            lone = [await self._leader_or_random(rng)]
+            return _cut(lone, [i for i in everyone if i not in lone])
+        if kind == "partition-bridge":
+            shuffled = rng.sample(everyone, self.n)
+            half = (self.n - 1) // 2
+            return _cut(shuffled[:half], shuffled[half + 1:])  # shuffled[half] sees both
+        if kind == "partition-ring":
+            return _ring(rng.sample(everyone, self.n))
+        side = self._minority(rng)  # partition-halves
+        return _cut(side, [i for i in everyone if i not in side])
+
+    async def _corrupt(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
+        idx = self._minority(rng)
+        damage = []
+        for i in idx:
+            await asyncio.to_thread(self.cluster.kill, i)
+            node = self.cluster.node(i)
+            backup = node.data_dir.with_name(node.data_dir.name + ".before-corrupt")
+            shutil.rmtree(backup, ignore_errors=True)
+            shutil.copytree(node.data_dir, backup, symlinks=True)
+            damage.append({"node": node.node_id, **corrupt_one_file(node.data_dir, rng)})
+        return {"targets": self._ids(idx), "restart": idx, "damage": damage}
+
+    async def _power(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
+        idx = self._minority(rng, 1) if fault.kind == "power-one" else list(range(1, self.n + 1))
+        for i in idx:
+            await asyncio.to_thread(self.cluster.kill, i)
+            if self.lazyfs is not None:
+                await asyncio.to_thread(self.lazyfs.lose_unsynced, i)
+        return {"targets": self._ids(idx), "restart": idx,
+                "lost_unsynced": self.lazyfs is not None}
+
+    async def _wipe(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
+        everyone = list(range(1, self.n + 1))
+        majority = sorted(rng.sample(everyone, self.n // 2 + 1))
+        for i in everyone:
+            await asyncio.to_thread(self.cluster.kill, i)
+        for i in majority:
+            data = self.cluster.node(i).data_dir
+            shutil.rmtree(data, ignore_errors=True)
+            data.mkdir(parents=True)
+            await asyncio.to_thread(self.cluster.start, i)
+        rest = [i for i in everyone if i not in majority]
+        return {"targets": self._ids(majority), "restart": rest}
+
+    async def _heal(self, fault: Fault, info: dict[str, Any]) -> dict[str, Any]:
+        healed: dict[str, Any] = {}
+        if fault.kind.startswith("partition"):
+            await asyncio.to_thread(self.net.heal)
+        for i in info.get("resume", []):
+            self.cluster.resume(i)
+        for i in info.get("restart", []):
+            if not self.cluster.node(i).running():
+                await asyncio.to_thread(self.cluster.start, i)
+        if fault.kind == "corrupt-minority":
+            healed["refused"] = await self._restore_refused(info["restart"])
+        return healed
+
+    async def _restore_refused(self, idx: list[int]) -> list[str]:
+        """A corrupted node may refuse to start (good); then give it back its old data."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REFUSE_WATCH_S
+        while loop.time() < deadline and all(self.cluster.exited(i) is None for i in idx):
+            await asyncio.sleep(0.2)
+        refused = []
+        for i in idx:
+            if self.cluster.exited(i) is not None:
+                node = self.cluster.node(i)
+                refused.append(node.node_id)
+                backup = node.data_dir.with_name(node.data_dir.name + ".before-corrupt")
+                shutil.rmtree(node.data_dir, ignore_errors=True)
+                shutil.copytree(backup, node.data_dir, symlinks=True)
+                await asyncio.to_thread(self.cluster.start, i)
+        return refused
+
+    def _ids(self, idx: list[int]) -> list[str]:
+        return [self.cluster.node(i).node_id for i in idx]
+
+
+def _cut(side_a: list[int], side_b: list[int]) -> dict[int, set[str]]:
+    """Both directions between every node of side_a and every node of side_b."""
+    grudge: dict[int, set[str]] = {}
+    for a in side_a:
+        for b in side_b:
+            if a == b:
+                continue
+            grudge.setdefault(a, set()).add(node_address(b))
+            grudge.setdefault(b, set()).add(node_address(a))
+    return grudge
+
+
+def _ring(order: list[int]) -> dict[int, set[str]]:
+    """Every node hears only its two ring neighbours: each sees a majority (of 5), none equal."""
+    n = len(order)
+    grudge: dict[int, set[str]] = {}
+    for pos, i in enumerate(order):
+        near = {order[(pos - 1) % n], order[(pos + 1) % n], i}
+        grudge[i] = {node_address(j) for j in order if j not in near}
+    return grudge
+
+
+def corrupt_one_file(data_dir: Path, rng: random.Random) -> dict[str, Any]:
+    """Truncate or flip two bits in one non-empty file under `data_dir` (seeded choice)."""
+    files = sorted(p for p in data_dir.rglob("*") if p.is_file() and p.stat().st_size > 0)
+    if not files:
+        return {"file": None, "mode": "nothing to corrupt"}
+    path = rng.choice(files)
+    size = path.stat().st_size
+    rel = str(path.relative_to(data_dir))
+    if rng.random() < 0.5:
+        new_size = rng.randrange(0, size)
+        with path.open("r+b") as fh:
+            fh.truncate(new_size)
+        return {"file": rel, "mode": "truncate", "size": size, "new_size": new_size}
+    positions = sorted(rng.randrange(0, size) for _ in range(2))
+    with path.open("r+b") as fh:
+        for pos in positions:
+            fh.seek(pos)
+            byte = fh.read(1)[0]
+            fh.seek(pos)
+            fh.write(bytes([byte ^ (1 << rng.randrange(8))]))
+    return {"file": rel, "mode": "bitflip", "size": size, "positions": positions}

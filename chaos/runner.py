@@ -1,0 +1,182 @@
+"""One chaos run: namespaces, nodes, workload + nemesis, heal, drain, check, report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from chaos import report
+from chaos.checker import availability, check_queue
+from chaos.client import Http
+from chaos.cluster import Cluster, default_node_cmd
+from chaos.faults import Fault, Nemesis, schedule
+from chaos.history import OK, History
+from chaos.netns import NetnsUnavailable, Network, cleanup_orphans, enter_netns, unavailable_reason
+from chaos.workload import Target, Workload, WorkloadConfig
+
+READY_TIMEOUT_S = 60.0
+SETUP_TIMEOUT_S = 30.0
+WORKLOAD_STOP_TIMEOUT_S = 15.0
+T = TypeVar("T")
+
+
+@dataclass
+class RunConfig:
+    nodes: int = 3
+    duration_s: float = 60.0
+    faults: list[str] = field(default_factory=lambda: ["kill", "pause", "partition"])
+    workload: str = "queue"
+    seed: int = 1
+    out: Path = Path("chaos-out")
+    node_cmd: list[str] = field(default_factory=default_node_cmd)
+    wl: WorkloadConfig = field(default_factory=WorkloadConfig)
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    """Run once; returns the report dict (also written to cfg.out). Raises NetnsUnavailable."""
+    reason = unavailable_reason()
+    if reason:
+        raise NetnsUnavailable(reason)
+    cleanup_orphans()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    history = History()
+    faults = schedule(cfg.faults, cfg.nodes, cfg.duration_s, cfg.seed)
+    started = time.time()
+    with Network(cfg.nodes) as net:
+        cluster = Cluster(net, cfg.out / "cluster", node_cmd=cfg.node_cmd)
+        try:
+            cluster.start_all()
+            phases = in_netns(net.client_ns, lambda: _main(cfg, cluster, net, history, faults))
+        finally:
+            cluster.stop_all()
+    history.dump(cfg.out / "history.jsonl")
+    result = _judge(cfg, history, faults, phases, started)
+    report.write(cfg.out, result, history.ops)
+    return result
+
+
+def in_netns(ns: str, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine on a fresh event loop in a thread that lives in namespace `ns`."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            enter_netns(ns)
+            box["result"] = asyncio.run(make())
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"chaos-{ns}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    result: T = box["result"]
+    return result
+
+
+async def _main(cfg: RunConfig, cluster: Cluster, net: Network, history: History,
+                faults: list[Fault]) -> dict[str, Any]:
+    http = Http()
+    try:
+        targets = [Target(n.node_id, n.http_url) for n in cluster.nodes]
+        wl = Workload(http, history, targets, cfg.wl, cfg.seed)
+        nemesis = Nemesis(cluster, net, http, history, cfg.seed)
+        phases: dict[str, Any] = {}
+        phases["ready_s"] = await wait_ready(http, targets, READY_TIMEOUT_S)
+        if phases["ready_s"] is None:
+            phases["error"] = "cluster never became ready"
+            return phases
+        if not await _create_queue(wl, targets):
+            phases["error"] = "could not create the queue"
+            return phases
+        await _exercise(cfg, wl, nemesis, faults)
+        await nemesis.heal_all()
+        phases["ready_after_heal_s"] = await wait_ready(http, targets, READY_TIMEOUT_S)
+        t_drain = time.monotonic()
+        phases["drained"] = await wl.drain()
+        phases["drain_s"] = round(time.monotonic() - t_drain, 2)
+        await wl.final_state()
+        history.nemesis("note", {"drain_complete": phases["drained"]})
+        return phases
+    finally:
+        await http.close()
+
+
+async def _exercise(cfg: RunConfig, wl: Workload, nemesis: Nemesis, faults: list[Fault]) -> None:
+    tasks = [asyncio.create_task(wl.producer(i)) for i in range(cfg.wl.producers)]
+    tasks += [asyncio.create_task(wl.consumer(i)) for i in range(cfg.wl.consumers)]
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    try:
+        await nemesis.run(faults, t0)
+        await asyncio.sleep(max(0.0, t0 + cfg.duration_s - loop.time()))
+    finally:
+        wl.stop.set()
+        _done, pending = await asyncio.wait(tasks, timeout=WORKLOAD_STOP_TIMEOUT_S)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _create_queue(wl: Workload, targets: list[Target]) -> bool:
+    deadline = time.monotonic() + SETUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        for target in targets:
+            out = await wl.ensure_queue(target)
+            if out.type == OK:
+                return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def wait_ready(http: Http, targets: list[Target], timeout_s: float) -> float | None:
+    """Seconds until every node answers /readyz 200, or None after `timeout_s`."""
+    start = time.monotonic()
+    pending = list(targets)
+    while pending and time.monotonic() - start < timeout_s:
+        out = await http.call("GET", f"{pending[0].url}/readyz", timeout_s=2.0)
+        if out.type == OK:
+            pending.pop(0)
+        else:
+            await asyncio.sleep(0.2)
+    return None if pending else round(time.monotonic() - start, 2)
+
+
+def _judge(cfg: RunConfig, history: History, faults: list[Fault], phases: dict[str, Any],
+           started: float) -> dict[str, Any]:
+    queue = check_queue(history.ops)
+    avail = availability(history.ops)
+    setup_ok = "error" not in phases and bool(phases.get("drained"))
+    valid = setup_ok and queue["valid"]
+    return {
+        "valid": valid,
+        "seed": cfg.seed,
+        "nodes": cfg.nodes,
+        "duration_s": cfg.duration_s,
+        "faults_requested": cfg.faults,
+        "workload": cfg.workload,
+        "started_at": started,
+        "wall_s": round(time.time() - started, 1),
+        "phases": phases,
+        "schedule": [asdict(f) for f in faults],
+        "ops": len(history.ops),
+        "queue": queue,
+        "availability": avail,
+        "anomaly_counts": {c: a["count"] for c, a in queue["anomalies"].items()},
+    }
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    bad = {c: n for c, n in result["anomaly_counts"].items() if n}
+    verdict = "VALID" if result["valid"] else "INVALID"
+    return (f"{verdict} seed={result['seed']} nodes={result['nodes']} ops={result['ops']} "
+            f"acked={result['queue']['stats']['publish_acked']} "
+            f"faults={len(result['schedule'])} anomalies={json.dumps(bad)} "
+            f"phases={json.dumps(result['phases'])}")

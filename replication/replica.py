@@ -1,0 +1,378 @@
+"""The replicated broker: one pysyncobj object, one replicated method, bridged to asyncio.
+
+Threading (replication/DESIGN.md "Threading"): pysyncobj runs in its own thread (autoTick).
+Entries are applied there, under the apply lock; `Replica.read(fn)` takes the same lock on the
+loop. Callbacks cross to the loop with `loop.call_soon_threadsafe`. The SyncObj is created on the
+loop's thread, which must outlive it (pysyncobj stops ticking when its creator thread exits).
+
+Apply never raises (issue 2, item 5): a command that makes the state raise gets an
+`internal_error` result, is logged with its traceback, and the next commands go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pysyncobj import SyncObj, SyncObjConf, replicated
+
+from replication.proposer import Proposer, unpack_entry
+from replication.types import (
+    BARRIER_TIMEOUT_S_DEFAULT,
+    WATCH_INTERVAL_MS_DEFAULT,
+    MemberStatus,
+    ProposalError,
+    ReplicaConfig,
+    ReplicaStatus,
+    StateMachine,
+)
+from storage.errors import error_result, is_error
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_ROLES = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj _RAFT_STATE
+_RAFT_STATE_ATTR = "_SyncObj__raftState"  # read-only; asserted present at start-up
+COMPACTION_OFF_ENTRIES = 10**12  # stock fallback only: its dumps would not hold our state
+
+
+class ApplyCore:
+    """The state and everything the Raft thread touches while applying. Not pickled."""
+
+    def __init__(self, state: StateMachine, on_applied: Callable[[], None]) -> None:
+        self.lock = threading.Lock()
+        self.state = state
+        self.on_applied = on_applied
+        self.entries_applied = 0
+        self.commands_applied = 0
+        self.apply_errors = 0
+
+    def apply_blob(self, blob: bytes) -> list[dict[str, Any]]:
+        """Apply one entry; never raises. One result per command."""
+        try:
+            now_ms, cmds = unpack_entry(blob)
+        except Exception:
+            log.exception("undecodable entry (%d bytes) skipped", len(blob))
+            self.apply_errors += 1
+            return [error_result("internal_error", "undecodable Raft entry")]
+        with self.lock:
+            results = [self._apply_one(cmd, now_ms) for cmd in cmds]
+            self.entries_applied += 1
+            self.commands_applied += len(cmds)
+        assert len(results) == len(cmds)
+        self._notify()
+        return results
+
+    def _apply_one(self, cmd: Any, now_ms: int) -> dict[str, Any]:
+        try:
+            result = self.state.apply(cmd, now_ms)
+        except Exception as exc:
+            self.apply_errors += 1
+            op = cmd.get("op") if isinstance(cmd, dict) else None
+            log.exception("apply of op=%r raised; answered internal_error", op)
+            return error_result("internal_error", f"apply failed: {type(exc).__name__}: {exc}")
+        if not isinstance(result, dict):
+            self.apply_errors += 1
+            return error_result("internal_error", "apply returned a non-dict result")
+        return result
+
+    def _notify(self) -> None:
+        try:
+            self.on_applied()
+        except Exception:
+            log.exception("apply listener notification failed")
+
+    def encode(self) -> bytes:
+        # Called from the Raft thread (or its fork child): no lock, nobody else mutates.
+        return self.state.encode_snapshot()
+
+    def install(self, state: StateMachine) -> None:
+        with self.lock:
+            self.state = state
+
+
+class _RaftBroker(SyncObj):  # type: ignore[misc]
+    """The SyncObj. Everything it holds is set BEFORE super().__init__(), so pysyncobj's own
+    pickled dump never contains runtime objects; snapshots go through SnapshotHooks."""
+
+    def __init__(self, core: ApplyCore, syncobj_args: dict[str, Any]) -> None:
+        self._core = core
+        super().__init__(**syncobj_args)
+
+    @replicated  # type: ignore[untyped-decorator]
+    def apply_batch(self, blob: bytes) -> list[dict[str, Any]]:
+        return self._core.apply_blob(blob)
+
+
+def _default_state_factory() -> StateMachine:
+    state_mod = importlib.import_module("storage.state")
+    state: StateMachine = state_mod.BrokerState()
+    return state
+
+
+def _default_state_decoder(data: bytes) -> StateMachine:
+    state_mod = importlib.import_module("storage.state")
+    state: StateMachine = state_mod.BrokerState.decode_snapshot(data)
+    return state
+
+
+def _syncobj_args(cfg: ReplicaConfig, core: ApplyCore, decode: Callable[[bytes], Any]) -> Any:
+    """kwargs for SyncObj: hardened when replication.hardening exists, else stock pysyncobj."""
+    try:
+        hardening = importlib.import_module("replication.hardening")
+    except ModuleNotFoundError as exc:
+        if exc.name != "replication.hardening":
+            raise
+        log.warning("replication.hardening not available: running on stock pysyncobj")
+        return _stock_syncobj_args(cfg)
+    hardening.refuse_optimized_python()
+    hardening.install_patches(secret=cfg.secret)
+    hooks = hardening.SnapshotHooks(encode=core.encode, install=lambda d: core.install(decode(d)))
+    return hardening.build_syncobj_args(
+        node_id=cfg.node_id,
+        raft_addr=cfg.raft_addr,
+        peers=cfg.members(),
+        data_dir=Path(cfg.data_dir),
+        snapshot_hooks=hooks,
+        **cfg.raft_conf,
+    )
+
+
+def _stock_syncobj_args(cfg: ReplicaConfig) -> dict[str, Any]:
+    data_dir = Path(cfg.data_dir)
+    conf_kwargs: dict[str, Any] = {
+        "journalFile": str(data_dir / "raft.journal"),
+        "fullDumpFile": str(data_dir / "raft.dump"),
+        "appendEntriesUseBatch": False,
+        "logCompactionMinEntries": COMPACTION_OFF_ENTRIES,
+        "logCompactionMinTime": COMPACTION_OFF_ENTRIES,
+        "leaderFallbackTimeout": 2.8,
+        "dynamicMembershipChange": True,
+        "bindAddress": cfg.raft_addr,
+    }
+    conf_kwargs.update(cfg.raft_conf)
+    others = [addr for nid, addr in cfg.members().items() if nid != cfg.node_id]
+    return {"selfNode": cfg.raft_addr, "otherNodes": others, "conf": SyncObjConf(**conf_kwargs)}
+
+
+class Replica:
+    """One node's replica of the broker state (architecture.md §2). Build with `start`."""
+
+    def __init__(self, cfg: ReplicaConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self._cfg = cfg
+        self._loop = loop
+        self._addr_to_id = {addr: nid for nid, addr in cfg.members().items()}
+        self._listeners: list[Callable[[], None]] = []
+        self._listener_call_pending = False
+        self._closed = False
+        self._no_leader_since: float | None = None
+        self._last_tick_s = 0.0
+        self._tick_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._core: ApplyCore
+        self._sync: _RaftBroker
+        self._proposer: Proposer
+
+    @classmethod
+    async def start(
+        cls,
+        cfg: ReplicaConfig,
+        *,
+        state_factory: Callable[[], StateMachine] | None = None,
+        state_decoder: Callable[[bytes], StateMachine] | None = None,
+    ) -> Replica:
+        """Create the replica on the running loop's thread (which must outlive it)."""
+        loop = asyncio.get_running_loop()
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+        self = cls(cfg, loop)
+        state = (state_factory or _default_state_factory)()
+        self._core = ApplyCore(state, self._on_applied)
+        args = _syncobj_args(cfg, self._core, state_decoder or _default_state_decoder)
+        self._sync = _RaftBroker(self._core, args)
+        assert hasattr(self._sync, _RAFT_STATE_ATTR), "pysyncobj internals changed (raft state)"
+        self._proposer = Proposer(
+            loop,
+            self._submit,
+            entry_bytes_max=cfg.entry_bytes_max,
+            window_entries_max=cfg.window_entries_max,
+            pending_commands_max=cfg.pending_commands_max,
+        )
+        self._watch_task = loop.create_task(self._watch())
+        log.info("replica node=%s raft=%s members=%s", cfg.node_id, cfg.raft_addr, cfg.members())
+        return self
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def propose(
+        self, cmd: dict[str, Any], *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """The command's result (maybe an error result); ProposalError if none."""
+        if self._closed:
+            raise ProposalError("unavailable", "the replica is closed")
+        timeout = self._cfg.proposal_timeout_s if timeout_s is None else timeout_s
+        return await self._proposer.propose(cmd, timeout_s=timeout)
+
+    async def barrier(self, *, timeout_s: float = BARRIER_TIMEOUT_S_DEFAULT) -> None:
+        """A no-op through the log: afterwards this node has applied every earlier write."""
+        result = await self.propose({"op": "noop"}, timeout_s=timeout_s)
+        if is_error(result):
+            raise ProposalError("unavailable", f"barrier failed: {result['error']['message']}")
+
+    def _submit(self, blob: bytes, callback: Callable[[Any, int], None]) -> None:
+        self._sync.apply_batch(blob, callback=callback)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def read(self, fn: Callable[[Any], T]) -> T:
+        """Run fn(state) under the apply lock (keep fn short: applies wait for it)."""
+        with self._core.lock:
+            return fn(self._core.state)
+
+    def add_apply_listener(self, cb: Callable[[], None]) -> None:
+        """cb() runs on the loop after applies (coalesced: at most one call pending)."""
+        self._listeners.append(cb)
+
+    def remove_apply_listener(self, cb: Callable[[], None]) -> None:
+        if cb in self._listeners:
+            self._listeners.remove(cb)
+
+    def _on_applied(self) -> None:  # Raft thread
+        if self._listener_call_pending or not self._listeners:
+            return
+        self._listener_call_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._fire_listeners)
+        except RuntimeError:  # loop closed
+            self._listener_call_pending = False
+
+    def _fire_listeners(self) -> None:
+        self._listener_call_pending = False
+        for cb in list(self._listeners):
+            try:
+                cb()
+            except Exception:
+                log.exception("apply listener raised")
+
+    # -- status ----------------------------------------------------------------------------
+
+    def leader_id(self) -> str | None:
+        leader = self._sync._getLeader()
+        if leader is None:
+            return None
+        addr = str(leader.id)
+        return self._addr_to_id.get(addr, addr)
+
+    def role(self) -> str:
+        return _ROLES.get(getattr(self._sync, _RAFT_STATE_ATTR), "follower")
+
+    def is_leader(self) -> bool:
+        return bool(self._sync._isLeader())
+
+    def is_ready(self) -> bool:
+        """A leader is known and this node has applied what it learned was committed."""
+        sync = self._sync
+        return (
+            not self._closed
+            and sync._getLeader() is not None
+            and bool(sync.isReady())
+            and sync.raftLastApplied >= sync.raftCommitIndex
+        )
+
+    def status(self) -> ReplicaStatus:
+        sync = self._sync
+        leader_id = self.leader_id()
+        role = self.role()
+        members = [MemberStatus(self._cfg.node_id, self._cfg.raft_addr, True, role)]
+        for node in sorted(sync.otherNodes, key=lambda n: str(n.id)):
+            nid = self._addr_to_id.get(node.id, node.id)
+            their_role = "leader" if nid == leader_id else ("follower" if leader_id else "unknown")
+            members.append(MemberStatus(nid, node.id, bool(sync.isNodeConnected(node)), their_role))
+        return ReplicaStatus(
+            node_id=self._cfg.node_id,
+            leader_id=leader_id,
+            term=int(sync.raftCurrentTerm),
+            commit_index=int(sync.raftCommitIndex),
+            applied_index=int(sync.raftLastApplied),
+            role=role,
+            members=members,
+            ready=self.is_ready(),
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for metrics and tests."""
+        s = self._proposer.stats
+        core = self._core
+        return {
+            "entries_submitted": s.entries_submitted,
+            "commands_submitted": s.commands_submitted,
+            "entries_succeeded": s.entries_succeeded,
+            "entries_failed": s.entries_failed,
+            "entries_expired": s.entries_expired,
+            "failures": dict(s.failures),
+            "pending_commands": self._proposer.pending_count,
+            "inflight_entries": self._proposer.inflight_entries,
+            "entries_applied": core.entries_applied,
+            "commands_applied": core.commands_applied,
+            "apply_errors": core.apply_errors,
+        }
+
+    # -- background: leader watch, no-leader fast fail, tick --------------------------------
+
+    async def _watch(self) -> None:
+        interval_s = WATCH_INTERVAL_MS_DEFAULT / 1000
+        while not self._closed:
+            try:
+                self._watch_once(time.monotonic())
+            except Exception:
+                log.exception("replica watch failed")
+            await asyncio.sleep(interval_s)
+
+    def _watch_once(self, now_s: float) -> None:
+        if self._sync._getLeader() is None:
+            if self._no_leader_since is None:
+                self._no_leader_since = now_s
+                self._proposer.hold("no leader known")
+            elif now_s - self._no_leader_since > self._cfg.no_leader_grace_s:
+                grace = self._cfg.no_leader_grace_s
+                self._proposer.refuse(ProposalError("no_leader", f"no leader for over {grace} s"))
+            return
+        if self._no_leader_since is not None:
+            self._no_leader_since = None
+            self._proposer.refuse(None)
+            self._proposer.hold(None)
+        self._maybe_tick(now_s)
+
+    def _maybe_tick(self, now_s: float) -> None:
+        if not self.is_leader():
+            return
+        if now_s - self._last_tick_s < self._cfg.tick_interval_ms / 1000:
+            return
+        if self._tick_task is not None and not self._tick_task.done():
+            return
+        self._last_tick_s = now_s
+        self._tick_task = self._loop.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        try:
+            await self.propose({"op": "tick"})
+        except ProposalError as exc:
+            log.debug("tick not committed: %s", exc)
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in (self._watch_task, self._tick_task):
+            if task is not None:
+                task.cancel()
+        self._proposer.close()
+        await asyncio.to_thread(self._sync.destroy_synchronous)
+        log.info("replica node=%s closed", self._cfg.node_id)

@@ -1,0 +1,262 @@
+"""Replica on a real 3-node cluster of processes (tests/support/replica_node.py), no mocked Raft.
+
+Each node process runs one Replica with the broker state wrapped to record applied commands; the
+test proposes through a small msgpack control endpoint on any node.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgpack
+import pytest
+
+from tests.support.cluster import free_ports
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 30.0
+
+
+def wait_until(fn: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = fn()
+            if value:
+                return value
+        except Exception as exc:  # a node may be restarting
+            last = exc
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last error: {last}")
+
+
+class Node:
+    def __init__(self, node_id: str, raft_addr: str, peers: dict[str, str], data_dir: Path,
+                 extra: list[str]) -> None:
+        self.id = node_id
+        self.raft_addr = raft_addr
+        self.peers = peers
+        self.data_dir = data_dir
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        peers = ",".join(f"{k}={v}" for k, v in self.peers.items())
+        log = open(self.data_dir.parent / f"{self.id}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.replica_node", "--id", self.id,
+             "--raft", self.raft_addr, "--peers", peers, "--data-dir", str(self.data_dir),
+             *self.extra],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=log)
+        log.close()
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        assert line.startswith("READY "), f"node {self.id} did not start: {line!r}"
+        self.port = int(line.split()[1])
+
+    def call(self, method: str, path: str, body: Any = None, timeout_s: float = 30.0) -> Any:
+        data = None if body is None else msgpack.packb(body, use_bin_type=True)
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
+                                     method=method)
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return msgpack.unpackb(resp.read(), raw=False, strict_map_key=False)
+
+    def propose(self, cmd: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
+        out: dict[str, Any] = self.call("POST", "/propose", {"cmd": cmd, "timeout_s": timeout_s},
+                                        timeout_s=timeout_s + 10)
+        return out
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.call("GET", "/status", timeout_s=5)
+        return out
+
+    def applied_log(self) -> list[list[Any]]:
+        out: list[list[Any]] = self.call("GET", "/log", timeout_s=5)
+        return out
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+
+class Cluster:
+    def __init__(self, root: Path, size: int = 3, extra: list[str] | None = None) -> None:
+        ids = [f"n{i + 1}" for i in range(size)]
+        addrs = {nid: f"127.0.0.1:{p}" for nid, p in zip(ids, free_ports(size), strict=True)}
+        self.nodes: dict[str, Node] = {}
+        for nid in ids:
+            data = root / nid
+            data.mkdir(parents=True)
+            peers = {k: v for k, v in addrs.items() if k != nid}
+            self.nodes[nid] = Node(nid, addrs[nid], peers, data, extra or [])
+
+    def start(self) -> None:
+        for node in self.nodes.values():
+            node.start()
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.kill()
+
+    def live(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.proc is not None]
+
+    def leader(self, among: list[Node] | None = None, timeout_s: float = START_TIMEOUT_S) -> Node:
+        """The node that says it leads, once every live node agrees on it."""
+        nodes = among or self.live()
+
+        def agreed() -> Node | None:
+            statuses = [n.status() for n in nodes]
+            leaders = {s["leader_id"] for s in statuses}
+            if len(leaders) != 1 or None in leaders:
+                return None
+            (leader_id,) = leaders
+            leader = self.nodes[leader_id]
+            return leader if leader in nodes and leader.status()["role"] == "leader" else None
+
+        return wait_until(agreed, timeout_s, "an agreed leader")
+
+    def wait_stable(self, timeout_s: float = START_TIMEOUT_S) -> Node:
+        """An agreed leader, and every live node has committed a proposal of its own."""
+        for node in self.live():
+            wait_until(lambda n=node: "result" in n.propose({"op": "noop"}, 3.0), timeout_s,
+                       f"a commit from {node.id}")
+        return self.leader(timeout_s=timeout_s)
+
+    def followers(self, leader: Node) -> list[Node]:
+        return [n for n in self.live() if n is not leader]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        c.start()
+        c.wait_stable()
+        yield c
+    finally:
+        c.stop()
+
+
+def wait_logs_equal(nodes: list[Node], length: int, timeout_s: float = 20.0) -> list[list[Any]]:
+    def same() -> list[list[Any]] | None:
+        logs = [n.applied_log() for n in nodes]
+        if len(logs[0]) >= length and all(log == logs[0] for log in logs):
+            return logs[0]
+        return None
+
+    return wait_until(same, timeout_s, f"{len(nodes)} nodes to apply the same {length} commands")
+
+
+def test_follower_proposals_are_forwarded_and_applied_everywhere_in_one_order(
+        cluster: Cluster) -> None:
+    leader = cluster.leader()
+    follower = cluster.followers(leader)[0]
+    cmds = [{"op": "test.record", "key": f"k{i}"} for i in range(40)]
+    outs = follower.call("POST", "/propose_many", {"cmds": cmds, "timeout_s": 10})
+    assert [o.get("error") for o in outs] == [None] * 40
+    assert sorted(o["result"]["recorded"] for o in outs) == sorted(c["key"] for c in cmds)
+    out = leader.propose({"op": "test.record", "key": "from-leader"})
+    assert out["result"] == {"recorded": "from-leader"}
+    log = wait_logs_equal(list(cluster.nodes.values()), 41)
+    assert sorted(k for _, k in log) == sorted([c["key"] for c in cmds] + ["from-leader"])
+
+
+def test_group_commit_packs_concurrent_proposals_into_few_entries(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    before = leader.status()["stats"]
+    cmds = [{"op": "test.record", "key": i, "pad": "x" * 100} for i in range(500)]
+    outs = leader.call("POST", "/propose_many", {"cmds": cmds, "timeout_s": 20})
+    assert all("result" in o for o in outs), outs[:3]
+    assert [o["result"]["recorded"] for o in outs] == list(range(500))  # each its own result
+    after = leader.status()["stats"]
+    commands = after["commands_submitted"] - before["commands_submitted"]
+    entries = after["entries_submitted"] - before["entries_submitted"]
+    assert commands >= 500
+    # ~130 B per command and 60 KB entries: 500 commands fit in one entry, and the window
+    # lets at most 16 go before packing starts; allow for ticks slipping in between.
+    assert entries <= 40, f"{commands} commands went in {entries} entries"
+
+
+def test_poison_command_does_not_wedge_the_cluster(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    follower = cluster.followers(leader)[0]
+    bad = follower.propose({"op": "test.raise", "key": "poison"})
+    assert bad["result"]["error"]["code"] == "internal_error"
+    for i in range(5):
+        node = (leader, follower)[i % 2]
+        assert node.propose({"op": "test.record", "key": f"after{i}"})["result"] == {
+            "recorded": f"after{i}"}
+    log = wait_logs_equal(list(cluster.nodes.values()), 6)
+    assert log[0] == ["test.raise", "poison"]
+    assert [k for _, k in log[1:]] == [f"after{i}" for i in range(5)]
+
+
+def test_no_quorum_fails_within_deadline_then_recovers(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    stopped = cluster.followers(leader)
+    for n in stopped:
+        n.signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        out = leader.propose({"op": "test.record", "key": "no-quorum"}, timeout_s=3.0)
+        elapsed = time.monotonic() - t0
+        assert out.get("error") in ("commit_timeout", "no_leader"), out
+        assert elapsed < 3.0 + 1.5, f"took {elapsed:.1f}s for a 3 s deadline"
+        # Once the lone node knows no leader for longer than the grace, it fails fast.
+        wait_until(lambda: leader.status()["leader_id"] is None, 20, "leader stepping down")
+
+        def fails_fast() -> bool:
+            t = time.monotonic()
+            o = leader.propose({"op": "test.record", "key": "fast"}, timeout_s=8.0)
+            return o.get("error") == "no_leader" and time.monotonic() - t < 1.0
+
+        wait_until(fails_fast, 15, "no_leader answered at once")
+    finally:
+        for n in stopped:
+            n.signal(signal.SIGCONT)
+    new_leader = cluster.leader()
+
+    def commits() -> bool:
+        return "result" in new_leader.propose({"op": "test.record", "key": "after"}, 5.0)
+
+    wait_until(commits, 30, "a commit after SIGCONT")
+
+
+def test_leader_kill_elects_a_new_leader_and_proposals_resume(cluster: Cluster) -> None:
+    old = cluster.leader()
+    assert "result" in old.propose({"op": "test.record", "key": "before"})
+    old.kill()
+    survivors = cluster.live()
+    new = cluster.leader(among=survivors)
+    assert new is not old
+
+    def commit_after() -> dict[str, Any] | None:
+        out = survivors[0].propose({"op": "test.record", "key": "after"}, 3.0)
+        return out if "result" in out else None
+
+    assert wait_until(commit_after, 30, "a commit through the new leader")["result"] == {
+        "recorded": "after"}
+    log = wait_logs_equal(survivors, 2)
+    assert ["test.record", "before"] in log and ["test.record", "after"] in log

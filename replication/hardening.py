@@ -1,0 +1,165 @@
+"""The hardened pysyncobj 0.3.17, as the replica builds it (replication/DESIGN.md).
+
+Public interface (used by replication/replica.py):
+
+    install_patches(secret=...)      once per process, before any SyncObj exists
+    build_syncobj_args(...)          kwargs for SyncObj(...): durable journal, our transport,
+                                     forked checksummed snapshots, the tuned SyncObjConf
+    SnapshotHooks(encode, install)   how snapshots reach the broker state
+    refuse_optimized_python()        the hardening relies on asserts
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from replication import patches
+from replication.journal import JournalError, read_journal_entries
+from replication.snapshots import (
+    FAILED,
+    NOT_SERIALIZING,
+    SERIALIZING,
+    SUCCESS,
+    ForkSnapshotter,
+    SnapshotError,
+    SnapshotHooks,
+    verify_snapshot_file,
+)
+from replication.transport import DurableTransport
+
+__all__ = [
+    "JournalError",
+    "SnapshotError",
+    "SnapshotHooks",
+    "build_syncobj_args",
+    "check_data_dir",
+    "install_patches",
+    "refuse_optimized_python",
+    "snapshotter_for",
+]
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE_NAME = "raft.journal"
+SNAPSHOT_FILE_NAME = "raft.snapshot"
+
+# SyncObjConf defaults we set (research/pysyncobj-wire.md D, pysyncobj.md §2.2); all overridable.
+APPEND_ENTRIES_PERIOD_S = 0.1
+RAFT_MIN_TIMEOUT_S = 0.4
+RAFT_MAX_TIMEOUT_S = 1.4
+LEADER_FALLBACK_ELECTION_TIMEOUTS = 2  # a partitioned leader steps down after ~2 election timeouts
+APPEND_ENTRIES_BATCH_BYTES = 65_536  # do not raise: followers time out on big frames
+LOG_COMPACTION_MIN_ENTRIES = 20_000
+LOG_COMPACTION_MIN_TIME_S = 300
+CONNECTION_TIMEOUT_S = 3.5
+
+_snapshotters: dict[str, ForkSnapshotter] = {}
+
+
+def refuse_optimized_python() -> None:
+    """Asserts guard the invariants (STYLE.md); `python -O` strips them: refuse to run."""
+    if not __debug__:
+        raise SystemExit("raftmq: refusing to run under `python -O` (assertions are required)")
+
+
+def install_patches(*, secret: bytes | None) -> None:
+    """Idempotent per process; asserts that every patch took effect."""
+    refuse_optimized_python()
+    patches.install(secret)
+    states = importlib.import_module("pysyncobj.config").SERIALIZER_STATE
+    assert (states.NOT_SERIALIZING, states.SERIALIZING, states.SUCCESS, states.FAILED) == (
+        NOT_SERIALIZING,
+        SERIALIZING,
+        SUCCESS,
+        FAILED,
+    ), "pysyncobj SERIALIZER_STATE values changed"
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Refuse to start from files we cannot trust; raise SnapshotError / JournalError."""
+    snapshot = data_dir / SNAPSHOT_FILE_NAME
+    journal = data_dir / JOURNAL_FILE_NAME
+    if snapshot.exists():
+        verify_snapshot_file(snapshot)
+        return
+    if journal.exists():
+        entries = read_journal_entries(journal)
+        if entries and entries[0][1] > 1:
+            raise JournalError(
+                f"journal {journal} starts at index {entries[0][1]} but the snapshot "
+                f"{snapshot} is missing: refusing to start with a hole in the log"
+            )
+
+
+def build_syncobj_args(
+    *,
+    node_id: str,
+    raft_addr: str,
+    peers: dict[str, str],
+    data_dir: Path,
+    snapshot_hooks: SnapshotHooks,
+    **conf_overrides: Any,
+) -> dict[str, Any]:
+    """Keyword arguments for `SyncObj(...)` (or a subclass's `super().__init__(**args)`)."""
+    patches.assert_installed()
+    assert ":" in raft_addr, f"raft_addr must be host:port, got {raft_addr!r}"
+    assert peers.get(node_id, raft_addr) == raft_addr, "peers[node_id] differs from raft_addr"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    check_data_dir(data_dir)
+    dump_file = str((data_dir / SNAPSHOT_FILE_NAME).resolve())
+    snapshotter = ForkSnapshotter(Path(dump_file), snapshot_hooks)
+    _snapshotters[dump_file] = snapshotter
+    patches.register_fork_managed_dump(dump_file)
+    conf = _make_conf(data_dir, raft_addr, snapshotter, conf_overrides)
+    others = [addr for pid, addr in sorted(peers.items()) if pid != node_id and addr != raft_addr]
+    log.info("raft_conf node=%s raft=%s peers=%s", node_id, raft_addr, others)
+    return {
+        "selfNode": raft_addr,
+        "otherNodes": others,
+        "conf": conf,
+        "transportClass": DurableTransport,
+    }
+
+
+def _make_conf(
+    data_dir: Path, raft_addr: str, snap: ForkSnapshotter, overrides: dict[str, Any]
+) -> Any:
+    syncobj_conf = importlib.import_module("pysyncobj").SyncObjConf
+    known = vars(syncobj_conf())
+    unknown = sorted(k for k in overrides if k not in known)
+    assert not unknown, f"unknown SyncObjConf options (silently ignored by pysyncobj): {unknown}"
+    for fixed in ("journalFile", "fullDumpFile", "serializer", "deserializer", "bindAddress"):
+        assert fixed not in overrides, f"{fixed} is set by the hardening layer"
+    max_timeout_s = overrides.get("raftMaxTimeout", RAFT_MAX_TIMEOUT_S)
+    kwargs: dict[str, Any] = {
+        "appendEntriesUseBatch": False,
+        "appendEntriesPeriod": APPEND_ENTRIES_PERIOD_S,
+        "raftMinTimeout": RAFT_MIN_TIMEOUT_S,
+        "raftMaxTimeout": RAFT_MAX_TIMEOUT_S,
+        "leaderFallbackTimeout": LEADER_FALLBACK_ELECTION_TIMEOUTS * max_timeout_s,
+        "appendEntriesBatchSizeBytes": APPEND_ENTRIES_BATCH_BYTES,
+        "dynamicMembershipChange": True,
+        "logCompactionMinEntries": LOG_COMPACTION_MIN_ENTRIES,
+        "logCompactionMinTime": LOG_COMPACTION_MIN_TIME_S,
+        "connectionTimeout": CONNECTION_TIMEOUT_S,
+    }
+    kwargs.update(overrides)
+    kwargs.update(
+        journalFile=str((data_dir / JOURNAL_FILE_NAME).resolve()),
+        fullDumpFile=str((data_dir / SNAPSHOT_FILE_NAME).resolve()),
+        serializer=snap.serialize,
+        deserializer=snap.deserialize,
+        serializeChecker=snap.check,
+        bindAddress=raft_addr,
+    )
+    conf = syncobj_conf(**kwargs)
+    conf.validate()
+    return conf
+
+
+def snapshotter_for(data_dir: Path) -> ForkSnapshotter:
+    """The snapshot writer of a node (metrics: count_ok, count_failed, last_duration_s)."""
+    return _snapshotters[str((data_dir / SNAPSHOT_FILE_NAME).resolve())]

@@ -1,0 +1,515 @@
+"""Our Raft journal for pysyncobj 0.3.17: checksummed records, group-commit fsync, crash-safe.
+
+pysyncobj's FileJournal never fsyncs (research/pysyncobj.md §3.1). This journal implements the
+same interface (pysyncobj/journal.py `Journal`) and is installed through the journal factory
+`pysyncobj.syncobj.createJournal` (see replication/patches.py).
+
+File: MAGIC + u32 version, then records `[len u32][crc32 u32][idx u64][term u64][payload]`,
+where crc32 covers idx, term and payload. On open, reading stops at the first short or corrupt
+record and the tail is cut off (a torn tail is normal after a crash), then fsync'd.
+
+* `add()` only buffers. `sync()` writes everything pending and issues ONE fdatasync (group
+  commit). Callers decide when an acknowledgement needs durability: the leader in
+  `setRaftCommitIndex` (before apply and callbacks), followers in the transport before
+  `next_node_idx`/votes leave the node (replication/transport.py).
+* Deferred truncation (defect 9): pysyncobj's follower truncates on every re-sent range and
+  re-appends the same entries. `deleteEntriesFrom` only shortens the logical log; the file keeps
+  the old records ("ghosts") until an entry that differs arrives. Re-adding an identical entry
+  costs no I/O. Keeping records that no entry has contradicted is exactly Raft's rule (§5.3).
+* `clear()` is deferred until the two `add()` calls that always follow it (`__loadDumpFile`);
+  if the old log holds the snapshot's last entry, the entries after it are kept (Raft
+  InstallSnapshot rule). This closes the compaction crash window (research §3.3).
+* `deleteEntriesTo()` (compaction, only after the snapshot is durable) rewrites the file:
+  temp file, fsync, rename, directory fsync.
+* Term, vote and commit index live in `<journal>.meta`: crc32 + JSON, written with fsync +
+  rename + directory fsync, synchronously for term/vote.
+
+A failed write or fsync is fatal: the process exits (never acknowledge after a failed fsync).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# -- durable file primitives (also used by replication/snapshots.py) ------------------------
+# Injectable for tests (fsync counting): tests monkeypatch these two names.
+_fsync_impl: Callable[[int], None] = os.fsync
+_fdatasync_impl: Callable[[int], None] = os.fdatasync
+
+FATAL_IO_EXIT_CODE = 75  # EX_TEMPFAIL: a write or fsync failed; never ack after that
+CRASH_AT_ENV = "RAFTMQ_TEST_CRASH_AT"  # test only: "step[:kill|stop],..." (see crash_point)
+POWERLOSS_DIR_ENV = "RAFTMQ_TEST_POWERLOSS_DIR"  # test only: record what each fsync made durable
+
+
+def _fatal(what: str, err: OSError) -> None:
+    log.critical("durable_io_failed what=%s error=%s: exiting, the node must not ack", what, err)
+    os._exit(FATAL_IO_EXIT_CODE)
+
+
+def fsync(fd: int) -> None:
+    try:
+        _fsync_impl(fd)
+    except OSError as err:
+        _fatal("fsync", err)
+    _powerloss_record_file(fd)
+
+
+def fdatasync(fd: int) -> None:
+    try:
+        _fdatasync_impl(fd)
+    except OSError as err:
+        _fatal("fdatasync", err)
+    _powerloss_record_file(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as err:
+        _fatal("write", err)
+
+
+def truncate(fd: int, offset: int) -> None:
+    _powerloss_note_truncate(fd, offset)
+    try:
+        os.ftruncate(fd, offset)
+    except OSError as err:
+        _fatal("ftruncate", err)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _fsync_impl(fd)
+    except OSError as err:
+        _fatal("fsync(dir)", err)
+    finally:
+        os.close(fd)
+    _powerloss_record_dir(path)
+
+
+def write_file_atomic(path: Path, data: bytes, *, step_prefix: str | None = None) -> None:
+    """Write `path` so that after a crash it holds either the old or the new content, durably.
+
+    temp file, write, fsync, rename, fsync of the directory. `step_prefix` names crash points
+    (`<prefix>.after_tmp`, `.after_rename`, `.done`) for the kill -9 tests.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, data)
+        fsync(fd)
+    finally:
+        os.close(fd)
+    if step_prefix:
+        crash_point(step_prefix + ".after_tmp")
+    os.replace(tmp, path)
+    if step_prefix:
+        crash_point(step_prefix + ".after_rename")
+    fsync_dir(path.parent)
+    if step_prefix:
+        crash_point(step_prefix + ".done")
+
+
+def crash_point(step: str) -> None:
+    """Test hook: with RAFTMQ_TEST_CRASH_AT naming `step`, crash the node right here.
+
+    `step` or `step:kill` SIGKILLs the node (the parent too when called in a snapshot child);
+    `step:stop` SIGSTOPs it so the test can inspect, then kill it.
+    """
+    spec = os.environ.get(CRASH_AT_ENV)
+    if not spec:
+        return
+    for item in spec.split(","):
+        name, _, action = item.partition(":")
+        if name == step:
+            _crash(step, action or "kill")
+
+
+def _crash(step: str, action: str) -> None:
+    sig = signal.SIGSTOP if action == "stop" else signal.SIGKILL
+    os.write(2, f"raftmq crash_point step={step} action={action}\n".encode())
+    parent = node_pid[0]
+    if parent and parent != os.getpid():
+        os.kill(parent, sig)
+    os.kill(os.getpid(), sig)
+
+
+node_pid = [0]  # set by install_patches: the node process (its forked snapshot children see it)
+
+
+# -- power-loss recorder (test only) ----------------------------------------------------------
+# After each real fsync, copy what it made durable into a shadow directory: for a file, the bytes
+# of its inode (incrementally); for a directory, its name -> inode map. The test rebuilds each
+# data dir from the shadow after kill -9 (tests/support/durability_powerloss.py).
+_pl_seen: set[int] = set()
+_pl_dirty_from: dict[int, int] = {}
+
+
+def _pl_dir() -> Path | None:
+    value = os.environ.get(POWERLOSS_DIR_ENV)
+    return Path(value) if value else None
+
+
+def _powerloss_note_truncate(fd: int, offset: int) -> None:
+    if _pl_dir() is None:
+        return
+    ino = os.fstat(fd).st_ino
+    _pl_dirty_from[ino] = min(offset, _pl_dirty_from.get(ino, offset))
+
+
+def _powerloss_record_file(fd: int) -> None:
+    shadow_dir = _pl_dir()
+    if shadow_dir is None:
+        return
+    ino, size = os.fstat(fd).st_ino, os.fstat(fd).st_size
+    shadow = shadow_dir / f"ino-{ino}"
+    known = shadow.stat().st_size if ino in _pl_seen and shadow.exists() else 0
+    start = min(known, _pl_dirty_from.pop(ino, known))
+    rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+    try:
+        data = os.pread(rfd, size - start, start)
+    finally:
+        os.close(rfd)
+    sfd = os.open(shadow, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(sfd, data, start)
+        os.ftruncate(sfd, size)
+    finally:
+        os.close(sfd)
+    _pl_seen.add(ino)
+
+
+def _powerloss_record_dir(path: Path) -> None:
+    shadow_dir = _pl_dir()
+    if shadow_dir is None:
+        return
+    entries = {e.name: e.inode() for e in os.scandir(path) if e.is_file(follow_symlinks=False)}
+    key = zlib.crc32(str(path.resolve()).encode())
+    record = json.dumps({"path": str(path.resolve()), "entries": entries}).encode()
+    tmp = shadow_dir / f"dir-{key}.json.tmp.{os.getpid()}"
+    tmp.write_bytes(record)
+    os.replace(tmp, shadow_dir / f"dir-{key}.json")
+
+JOURNAL_MAGIC = b"RMQJRNL\x00"
+JOURNAL_VERSION = 1
+_HEADER = JOURNAL_MAGIC + struct.pack("<I", JOURNAL_VERSION)
+_REC = struct.Struct("<IIQQ")  # payload len, crc32(idx, term, payload), idx, term
+_IDX_TERM = struct.Struct("<QQ")
+RECORD_PAYLOAD_BYTES_MAX = 0xFFFF_FFFF  # u32 length field
+META_SUFFIX = ".meta"
+
+Entry = tuple[bytes, int, int]  # (command, idx, term) as pysyncobj stores it
+
+
+@dataclass
+class JournalStats:
+    """Counters for tests, metrics and DESIGN.md measurements."""
+
+    adds: int = 0  # add() calls (what pysyncobj appended, including re-sends)
+    records_written: int = 0  # records that cost bytes on disk
+    dedup_skips: int = 0  # identical re-adds after a truncation: no I/O
+    truncations_logical: int = 0  # deleteEntriesFrom calls
+    truncations_physical: int = 0  # ftruncate calls (a different entry arrived)
+    syncs: int = 0  # fdatasync calls of the journal file
+    bytes_written: int = 0
+    rewrites: int = 0  # compactions / snapshot installs (atomic rewrite)
+    torn_bytes_dropped: int = 0  # cut from the tail at open
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def _crc(idx: int, term: int, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(_IDX_TERM.pack(idx, term)))
+
+
+def encode_record(entry: Entry) -> bytes:
+    cmd, idx, term = entry
+    assert len(cmd) <= RECORD_PAYLOAD_BYTES_MAX, "journal record too large"
+    return _REC.pack(len(cmd), _crc(idx, term, cmd), idx, term) + cmd
+
+
+def decode_records(data: bytes, start: int) -> tuple[list[Entry], list[int], int]:
+    """Parse records from `start`; stop at the first short or corrupt one.
+
+    Returns (entries, record offsets, end offset of the last good record). Index continuity is
+    part of validity: a record whose idx does not follow its predecessor ends the log too.
+    """
+    entries: list[Entry] = []
+    offsets: list[int] = []
+    pos = start
+    while pos + _REC.size <= len(data):
+        size, crc, idx, term = _REC.unpack_from(data, pos)
+        end = pos + _REC.size + size
+        if end > len(data):
+            break
+        payload = data[pos + _REC.size : end]
+        if _crc(idx, term, payload) != crc:
+            break
+        if entries and idx != entries[-1][1] + 1:
+            break
+        entries.append((payload, idx, term))
+        offsets.append(pos)
+        pos = end
+    return entries, offsets, pos
+
+
+class JournalError(Exception):
+    """The journal files cannot be used (bad magic, corrupt meta): the node must not start."""
+
+
+class MetaFile:
+    """`<journal>.meta`: currentTerm, votedFor, commit index. crc32 + JSON, atomic and durable."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.values: dict[str, Any] = self._load()
+
+    def _load(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return {}
+        raw = self.path.read_bytes()
+        if len(raw) < 4 or zlib.crc32(raw[4:]) != struct.unpack_from("<I", raw)[0]:
+            msg = f"meta file {self.path} is corrupt (crc mismatch): refusing to start"
+            raise JournalError(msg)
+        values = json.loads(raw[4:])
+        assert isinstance(values, dict)
+        return values
+
+    def store(self) -> None:
+        body = json.dumps(self.values, sort_keys=True).encode()
+        write_file_atomic(self.path, struct.pack("<I", zlib.crc32(body)) + body)
+
+
+class DurableJournal:
+    """pysyncobj Journal interface (journal.py:9-48) over our record file."""
+
+    def __init__(self, path: str | Path, *, leader_probe: Callable[[], bool] | None = None) -> None:
+        self.path = Path(path)
+        self.stats = JournalStats()
+        self.leader_probe = leader_probe
+        self._meta = MetaFile(Path(str(self.path) + META_SUFFIX))
+        self._meta_dirty = False
+        self._records: list[Entry] = []  # what the file holds (after pending writes)
+        self._offsets: list[int] = []  # file offset of each record
+        self._n = 0  # logical length: pysyncobj's log is self._records[:self._n]
+        self._pending = bytearray()  # bytes not yet written, starting at self._written_end
+        self._written_end = 0
+        self._durable = True  # False while written or truncated bytes are not fsync'd
+        self._clear_pending: list[Entry] | None = None
+        self._fd = -1
+        self._open()
+
+    # -- opening ---------------------------------------------------------------------------
+    def _open(self) -> None:
+        if not self.path.exists():
+            write_file_atomic(self.path, _HEADER)
+        data = self.path.read_bytes()
+        if len(data) < len(_HEADER) or data[: len(_HEADER)] != _HEADER:
+            raise JournalError(f"journal {self.path} has a bad header; refusing to start")
+        records, offsets, end = decode_records(data, len(_HEADER))
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        if end < len(data):
+            self.stats.torn_bytes_dropped = len(data) - end
+            log.warning("journal=%s torn_tail_bytes=%d cut", self.path, len(data) - end)
+            truncate(self._fd, end)
+            fsync(self._fd)
+        self._records, self._offsets, self._n = records, offsets, len(records)
+        self._written_end = end
+        assert self._n == len(self._offsets)
+
+    # -- pysyncobj interface ---------------------------------------------------------------
+    def add(self, command: bytes | str, idx: int, term: int) -> None:
+        entry: Entry = (_to_bytes(command), idx, term)
+        self.stats.adds += 1
+        if self._clear_pending is not None:
+            self._clear_pending.append(entry)
+            if len(self._clear_pending) == 2:
+                self._finish_clear(self._clear_pending[0], self._clear_pending[1])
+            return
+        if self._n < len(self._records):
+            if self._records[self._n] == entry:
+                self._n += 1
+                self.stats.dedup_skips += 1
+                return
+            self._cut_file(self._n)
+        assert self._n == len(self._records), "logical log must end the file here"
+        assert not self._records or idx == self._records[-1][1] + 1, "journal index gap"
+        self._append(entry)
+
+    def _append(self, entry: Entry) -> None:
+        rec = encode_record(entry)
+        self._offsets.append(self._written_end + len(self._pending))
+        self._records.append(entry)
+        self._pending += rec
+        self._n += 1
+        self._durable = False
+        self.stats.records_written += 1
+
+    def clear(self) -> None:
+        # Only called by __loadDumpFile, always followed by add(prev) and add(last).
+        assert self._clear_pending is None
+        self._clear_pending = []
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 (pysyncobj's name)
+        assert entryFrom >= 0, entryFrom
+        self.stats.truncations_logical += 1
+        self._n = min(self._n, entryFrom)
+
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802
+        """Compaction: drop the first `entryTo` entries. The snapshot is durable already."""
+        assert 0 <= entryTo <= self._n, (entryTo, self._n)
+        crash_point("journal.compact.begin")
+        self._rewrite(self._records[entryTo:], self._n - entryTo)
+
+    def __getitem__(self, item: int | slice) -> Any:
+        if isinstance(item, slice):
+            start, stop, step = item.indices(self._n)
+            return self._records[start:stop:step]
+        if item < 0:
+            item += self._n
+        if not 0 <= item < self._n:
+            raise IndexError(item)
+        return self._records[item]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _destroy(self) -> None:
+        self.close()
+
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802,N803
+        """The leader counts itself toward commit: its copy must be durable before apply."""
+        if not self._durable and (self.leader_probe is None or self.leader_probe()):
+            self.sync()
+        if self._meta.values.get("commit") != raftCommitIndex:
+            self._meta.values["commit"] = raftCommitIndex
+            self._meta_dirty = True
+
+    def getRaftCommitIndex(self) -> int:  # noqa: N802
+        commit = int(self._meta.values.get("commit", 1))
+        return min(commit, self._records[self._n - 1][1]) if self._n else 1
+
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:  # noqa: N802,N803
+        # Raft: term and vote are durable before any message reflecting them leaves.
+        self._meta.values["term"] = term
+        self._meta.values["vote"] = votedForNodeId
+        self._store_meta()
+
+    def getCurrentTerm(self) -> int:  # noqa: N802
+        return int(self._meta.values.get("term", 0))
+
+    def getVotedForNodeId(self) -> Any:  # noqa: N802
+        return self._meta.values.get("vote")
+
+    def onOneSecondTimer(self) -> None:  # noqa: N802
+        if self._meta_dirty:
+            self._store_meta()
+
+    # -- durability ------------------------------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        """True while some record or truncation is not yet fsync'd."""
+        return not self._durable
+
+    def sync(self) -> None:
+        """Write everything pending and fdatasync once (group commit)."""
+        if self._durable:
+            return
+        if self._pending:
+            data = bytes(self._pending)
+            write_all(self._fd, data)
+            self._written_end += len(data)
+            self.stats.bytes_written += len(data)
+            self._pending.clear()
+        fdatasync(self._fd)
+        self.stats.syncs += 1
+        self._durable = True
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.sync()
+            os.close(self._fd)
+            self._fd = -1
+
+    def last_index(self) -> int:
+        return self._records[self._n - 1][1] if self._n else 0
+
+    # -- internals -------------------------------------------------------------------------
+    def _store_meta(self) -> None:
+        self.sync()  # the commit index in meta never points past the durable log
+        self._meta.store()
+        self._meta_dirty = False
+
+    def _cut_file(self, keep: int) -> None:
+        """Physically drop records [keep:] (a different entry arrived at `keep`)."""
+        assert keep <= len(self._records)
+        offset = self._offsets[keep]
+        del self._records[keep:]
+        del self._offsets[keep:]
+        if offset >= self._written_end:
+            del self._pending[offset - self._written_end :]
+        else:
+            self._pending.clear()
+            truncate(self._fd, offset)
+            self._written_end = offset
+        self._durable = False
+        self.stats.truncations_physical += 1
+
+    def _finish_clear(self, prev: Entry, last: Entry) -> None:
+        """Snapshot loaded: keep the entries after its last one if our log holds that entry."""
+        self._clear_pending = None
+        kept: list[Entry] = []
+        logical_tail = 0
+        first = self._records[0][1] if self._records else 0
+        pos = last[1] - first
+        if self._records and 0 <= pos < len(self._records) and self._records[pos] == last:
+            kept = self._records[pos + 1 :]
+            logical_tail = max(0, self._n - (pos + 1))
+        log.info("journal=%s snapshot_last=%d kept_tail=%d", self.path, last[1], len(kept))
+        self._rewrite([prev, last, *kept], 2 + logical_tail)
+
+    def _rewrite(self, records: list[Entry], logical: int) -> None:
+        """Atomically replace the file with `records` (tmp, fsync, rename, dir fsync)."""
+        assert logical <= len(records)
+        parts = [_HEADER]
+        offsets = []
+        pos = len(_HEADER)
+        for entry in records:
+            rec = encode_record(entry)
+            offsets.append(pos)
+            parts.append(rec)
+            pos += len(rec)
+        os.close(self._fd)
+        self._fd = -1
+        write_file_atomic(self.path, b"".join(parts), step_prefix="journal.rewrite")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._records, self._offsets, self._n = list(records), offsets, logical
+        self._pending.clear()
+        self._written_end = pos
+        self._durable = True
+        self.stats.rewrites += 1
+
+
+def _to_bytes(command: bytes | str) -> bytes:
+    return command if isinstance(command, bytes) else command.encode()
+
+
+def read_journal_entries(path: Path) -> list[Entry]:
+    """Read-only parse of a journal file (tests, start-up checks)."""
+    data = path.read_bytes()
+    if data[: len(_HEADER)] != _HEADER:
+        raise JournalError(f"journal {path} has a bad header")
+    return decode_records(data, len(_HEADER))[0]

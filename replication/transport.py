@@ -1,0 +1,117 @@
+"""DurableTransport: pysyncobj's TCPTransport with durability points and a chunking fix.
+
+Passed as `transportClass` (a documented SyncObj argument). It wraps the SyncObj's poller
+(`syncObj._poller`, public attribute, created before the transport) so that it runs code at the
+end of every poll round, i.e. after all incoming messages of that round were handled.
+
+1. Follower group commit: `next_node_idx` replies (the follower's ack) are held while the
+   journal has unsynced records, and released after ONE fdatasync at the end of the poll round.
+   The research spike synced once per incoming message (70-85 % throughput cost without batch
+   mode); this syncs once per round, however many append_entries arrived in it.
+2. `request_vote` / `response_vote`: the journal is synced (and held acks released, in order)
+   before they leave (the vote itself is already durable: setCurrentTerm writes the meta file).
+3. Chunked entries (>= appendEntriesBatchSizeBytes): syncobj.py marks a chunk 'finish' when
+   `pos + batch >= len(command)`, comparing against the command instead of the pickled entry,
+   so when the pickle overhead pushes the entry into one more chunk, two chunks are marked
+   'finish' and the follower unpickles a truncated entry. The transport holds each 'finish'
+   chunk; if another 'finish' chunk of the same transmission follows, the held one is relabelled
+   'process'. Only the real last chunk says 'finish'. Held chunks go out before any other message
+   to that node and at every poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pysyncobj.transport import TCPTransport
+
+from replication import patches
+
+log = logging.getLogger(__name__)
+
+_ACK = "next_node_idx"
+_VOTES = ("request_vote", "response_vote")
+
+
+class DurableTransport(TCPTransport):  # type: ignore[misc]
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:  # noqa: N803
+        self._journal = patches.journal_for(syncObj.conf.journalFile)
+        self._journal.leader_probe = syncObj._isLeader
+        self._held_acks: list[tuple[Any, dict[str, Any]]] = []
+        self._held_finish: dict[Any, dict[str, Any]] = {}
+        self.rounds = 0
+        self.round_syncs = 0
+        self.round_sync_s_total = 0.0
+        self.chunks_relabelled = 0
+        self._wrap_poller(syncObj._poller)
+        super().__init__(syncObj, selfNode, otherNodes)
+
+    def _wrap_poller(self, poller: Any) -> None:
+        inner = poller.poll
+
+        def poll(timeout: float) -> None:
+            self._release_chunks()
+            self._release_acks()
+            inner(timeout)
+            self._release_chunks()
+            self._release_acks()
+            self.rounds += 1
+
+        poller.poll = poll
+
+    def send(self, node: Any, message: Any) -> bool:
+        if not isinstance(message, dict):
+            return bool(super().send(node, message))
+        kind = message.get("type")
+        if kind == _ACK and (self._held_acks or self._journal.dirty):
+            self._held_acks.append((node, message))
+            return True
+        if kind in _VOTES:
+            self._release_acks()
+        if kind == "append_entries" and "transmission" in message:
+            return self._send_chunk(node, message)
+        self._release_chunk(node)
+        return bool(super().send(node, message))
+
+    # -- follower group commit ---------------------------------------------------------------
+    def _release_acks(self) -> None:
+        if not self._held_acks and not self._journal.dirty:
+            return
+        if self._journal.dirty:
+            start = time.perf_counter()
+            self._journal.sync()
+            self.round_sync_s_total += time.perf_counter() - start
+            self.round_syncs += 1
+        held, self._held_acks = self._held_acks, []
+        for node, message in held:
+            super().send(node, message)
+
+    # -- chunked transmission fix ------------------------------------------------------------
+    def _send_chunk(self, node: Any, message: dict[str, Any]) -> bool:
+        held = self._held_finish.pop(node, None)
+        if message["transmission"] == "finish":
+            if held is not None and _same_transmission(held, message):
+                held["transmission"] = "process"  # not the last chunk after all
+                self.chunks_relabelled += 1
+            if held is not None:
+                super().send(node, held)
+            self._held_finish[node] = message
+            return True
+        if held is not None:
+            super().send(node, held)
+        return bool(super().send(node, message))
+
+    def _release_chunk(self, node: Any) -> None:
+        held = self._held_finish.pop(node, None)
+        if held is not None:
+            super().send(node, held)
+
+    def _release_chunks(self) -> None:
+        for node in list(self._held_finish):
+            self._release_chunk(node)
+
+
+def _same_transmission(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(a["prevLogIdx"] == b["prevLogIdx"] and a["term"] == b["term"])

@@ -585,16 +585,20 @@ async def tear_down(run: Run) -> None:
 
 
 async def show_progress(run: Run, t0: float, quiet: bool) -> None:
+    """A progress line on stderr: rewritten in place on a terminal, else one line a period."""
+    tty = sys.stderr.isatty()
+    interval_s = PROGRESS_INTERVAL_S if tty else PROGRESS_INTERVAL_S * 5
     last_msgs, last_t = 0, t0
     while not quiet:
-        await asyncio.sleep(PROGRESS_INTERVAL_S)
+        await asyncio.sleep(interval_s)
         now = time.perf_counter()
         msgs = run.producers.msgs + run.consumers.msgs
         errors = sum(run.producers.errors.values()) + sum(run.consumers.errors.values())
         rate = (msgs - last_msgs) / (now - last_t)
         last_msgs, last_t = msgs, now
-        sys.stderr.write(f"\r  {run.spec.name():<24} {now - t0:6.1f}s {msgs:>10,} msgs "
-                         f"{rate:>10,.0f} msg/s  errors {errors}   ")
+        start, end = ("\r", "") if tty else ("", "\n")
+        sys.stderr.write(f"{start}  {run.spec.name():<24} {now - t0:6.1f}s {msgs:>10,} msgs "
+                         f"{rate:>10,.0f} msg/s  errors {errors}   {end}")
         sys.stderr.flush()
 
 
@@ -607,7 +611,7 @@ async def measure(run: Run, meter: CpuMeter, quiet: bool) -> tuple[float, CpuUse
         await run_all(starter(run)())
     finally:
         progress.cancel()
-        if not quiet:
+        if not quiet and sys.stderr.isatty():
             sys.stderr.write("\n")
     wall_s = time.perf_counter() - t0
     cpu = meter.stop()
@@ -679,8 +683,24 @@ async def run_specs(specs: list[Spec], urls: list[str], pids: list[int],
             if args.target == "leader":
                 targets = [await find_leader_url(session, urls) or urls[0]]
             client = Client(session, codec, targets)
-            results.append(await run_spec(spec, client, meter, seq, args.quiet))
+            try:
+                results.append(await run_spec(spec, client, meter, seq, args.quiet))
+            except BenchError as exc:
+                if len(specs) == 1:
+                    raise
+                results.append(failed(spec, codec, targets, str(exc)))
         return results
+
+
+def failed(spec: Spec, codec: Codec, urls: list[str], error: str) -> dict[str, Any]:
+    """The record of a run that could not be done (the standard set goes on to the next)."""
+    print(f"raftmq bench: {spec.name()}: {error}", file=sys.stderr)
+    empty = latency_summary([])
+    return {"workload": spec.workload, "label": spec.name(), "batch": spec.batch,
+            "concurrency": spec.concurrency, "codec": codec.name, "urls": urls, "msgs": 0,
+            "seconds": 0.0, "msgs_per_s": 0.0, "mb_per_s": 0.0, "latency_ms": empty,
+            "e2e_latency_ms": None, "node_cpu_s_per_msg": None, "node_cpu_pct": None,
+            "errors": {}, "failed": error}
 
 
 # --------------------------------------------------------------------------------------------
@@ -887,6 +907,9 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{'node µs/msg':>11} {'node CPU%':>9} {'errors':>6}")
     lines = [head, "-" * len(head)]
     for r in results:
+        if r.get("failed"):
+            lines.append(f"{r['label']:<24} FAILED: {r['failed'][:200]}")
+            continue
         lat = r["latency_ms"]
         per_msg = r["node_cpu_s_per_msg"]
         lines.append(
@@ -928,12 +951,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if cluster is not None:
             cluster.stop()
+    status = 1 if any(r.get("failed") for r in results) else 0
     if args.json:
         print(json.dumps({"results": results, "cluster": {
             "local": cluster is not None, "urls": urls, "node_pids": pids}}, indent=1))
     else:
         print(table(results))
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -128,6 +128,16 @@ class Transport:
         `retries=None` means the policy's; publishes with a producer seq pass a huge number so
         only the deadline stops them. `extra_wait_s` lengthens each attempt (long polls).
         """
+        answer, _ = await self.call_info(method, path, body, params=params,
+                                         retry_unknown=retry_unknown, retries=retries,
+                                         extra_wait_s=extra_wait_s)
+        return answer
+
+    async def call_info(self, method: str, path: str, body: Any = None, *,
+                        params: dict[str, str] | None = None, retry_unknown: bool = True,
+                        retries: int | None = None,
+                        extra_wait_s: float = 0.0) -> tuple[Any, bool]:
+        """As `call`, plus whether an earlier attempt had an unknown outcome."""
         assert path.startswith("/"), path
         max_retries = self.policy.retries if retries is None else retries
         state = _Attempts(deadline=time.monotonic() + self.policy.timeout_s + extra_wait_s)
@@ -137,7 +147,7 @@ class Transport:
             retry_after = await self._attempt(state, index, method, path, payload, ctype, params,
                                               retry_unknown, extra_wait_s)
             if retry_after is None:
-                return state.answer
+                return state.answer, state.unknown
             await self._before_retry(state, max_retries, retry_after)
 
     async def _attempt(self, state: _Attempts, index: int, method: str, path: str,

@@ -316,7 +316,7 @@ class AsyncClient:
     async def register_producer(self) -> ProducerRef:
         """Register this client's producer now (publish does it on first use). Registering
         again bumps the epoch and fences any other client using the same producer id."""
-        return await self.producer.register()
+        return await self.producer.register_now()
 
     def transaction(self) -> AsyncTransaction:
         return AsyncTransaction(self)

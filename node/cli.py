@@ -51,11 +51,12 @@ def node_main(argv: list[str]) -> int:
     opts = parser.parse_args(argv)
     logging.basicConfig(level=opts.log_level.upper(),
                         format="%(asctime)s level=%(levelname)s %(name)s %(message)s")
-    from replication.hardening import refuse_optimized_python
-
+    if not __debug__:
+        print("raftmq node: refusing to run under python -O: it strips the state machine's "
+              "invariant checks (assert)", file=sys.stderr)
+        return 2
     from node import config, server
 
-    refuse_optimized_python()
     try:
         cluster = config.load(opts.config)
         cluster.node(opts.id)

@@ -21,6 +21,10 @@ JSON = "application/json"
 MSGPACK = "application/msgpack"
 MSGPACK_TYPES = (MSGPACK, "application/x-msgpack", "application/vnd.msgpack")
 JSON_DEPTH_MAX = 32
+# Parsed as JSON too: curl's `-d` sends form-urlencoded unless told otherwise, and a newcomer's
+# first request should not fail on a header.
+JSON_LIKE = (JSON, "application/x-www-form-urlencoded", "application/octet-stream", "text/plain",
+             "")
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:
@@ -34,7 +38,7 @@ async def read_body(request: web.Request) -> dict[str, Any]:
             value = msgpack.unpackb(raw, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types on bad input
             raise BrokerError("invalid_request", f"body: malformed msgpack ({exc})") from exc
-    elif ctype in (JSON, "application/octet-stream", "text/plain", ""):
+    elif ctype in JSON_LIKE:
         try:
             value = json.loads(raw)
         except (ValueError, RecursionError) as exc:
@@ -115,4 +119,33 @@ def jsonable(value: Any) -> Any:
             return value.decode("utf-8")
         except UnicodeDecodeError:
             return base64.b64encode(value).decode("ascii")
+    return value
+
+
+def query_int(query: Any, field: str, default: int | None, low: int, high: int) -> int:
+    """An integer query parameter in [low, high]; a missing one takes `default`."""
+    raw = query.get(field)
+    if raw is None:
+        if default is None:
+            raise BrokerError("invalid_request", f"{field}: required")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BrokerError("invalid_request", f"{field}: must be an integer") from None
+    if not low <= value <= high:
+        raise BrokerError("invalid_request", f"{field}: must be between {low} and {high}")
+    return value
+
+
+def query_float(query: Any, field: str, default: float, low: float, high: float) -> float:
+    raw = query.get(field)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BrokerError("invalid_request", f"{field}: must be a number") from None
+    if not low <= value <= high:
+        raise BrokerError("invalid_request", f"{field}: must be between {low} and {high}")
     return value

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+RAFT_SECRET_BYTES_MIN = 16
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 ADDR_RE = re.compile(r"^(?P<host>[A-Za-z0-9_.:\[\]-]+):(?P<port>\d{1,5})$")
 
@@ -111,6 +112,14 @@ def _parse_node(raw: Any, index: int, source: str) -> NodeSpec:
 
 
 def _secret(raw: dict[str, Any], base_dir: Path, source: str) -> bytes | None:
+    secret = _secret_value(raw, base_dir, source)
+    if secret is not None and len(secret) < RAFT_SECRET_BYTES_MIN:
+        raise ConfigError(f"{source}: the Raft secret must be at least {RAFT_SECRET_BYTES_MIN} "
+                          f"bytes (got {len(secret)})")
+    return secret
+
+
+def _secret_value(raw: dict[str, Any], base_dir: Path, source: str) -> bytes | None:
     inline = raw.get("raft_secret")
     file_name = raw.get("raft_secret_file")
     if inline is not None and file_name is not None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from typing import Any
 
 from aiohttp import web
 
-from node.app import NodeContext, ctx
-from node.codec import decode_bodies, read_body, respond
+from node.app import NodeContext, ctx, set_stream_headers
+from node.codec import decode_bodies, jsonable, query_int, read_body, respond
 from storage import validate
 from storage.errors import BrokerError
+
+SSE_HEARTBEAT_S = 15.0
 
 
 def queue_name(request: web.Request) -> str:
@@ -94,6 +98,51 @@ async def receive_wait(context: NodeContext, request: web.Request, cmd: dict[str
         await context.notifier.wait(deadline - time.monotonic())
 
 
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Push delivery as server-sent events: each message with its receipt, at most `prefetch`
+    delivered and not yet acked (or released) at a time. Ack as usual with the receipts."""
+    context = ctx(request)
+    name = queue_name(request)
+    prefetch = query_int(request.query, "prefetch", 10, 1, context.limits.receive_max_messages)
+    context.read(lambda s, now: s.queues.get(name))  # 404 before the stream starts
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    set_stream_headers(request, response)
+    await response.prepare(request)
+    outstanding: list[str] = []
+    last_write = time.monotonic()
+    while not client_gone(request):
+        outstanding = context.read(functools.partial(still_in_flight, name=name,
+                                                     receipts=outstanding))
+        room = prefetch - len(outstanding)
+        if room > 0 and context.read(lambda s, now: s.ready_count(name, now)) > 0:
+            result = await context.propose({"op": "queue.receive", "queue": name,
+                                            "max_messages": room, "visibility_timeout_s": None,
+                                            "ack": "manual"})
+            for message in result["messages"]:
+                outstanding.append(message["receipt"])
+                await response.write(sse_event("message", message))
+                last_write = time.monotonic()
+            if result["messages"]:
+                continue
+        if time.monotonic() - last_write >= SSE_HEARTBEAT_S:
+            await response.write(b": heartbeat\n\n")
+            last_write = time.monotonic()
+        await context.notifier.wait(SSE_HEARTBEAT_S)
+    return response
+
+
+def still_in_flight(state: Any, now_ms: int, *, name: str, receipts: list[str]) -> list[str]:
+    queue = state.queues.queues.get(name)
+    if queue is None:
+        return []
+    return [r for r in receipts if queue.current(r) is not None]
+
+
+def sse_event(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(jsonable(data))}\n\n".encode()
+
+
 def client_gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
@@ -167,4 +216,5 @@ def setup(app: web.Application) -> None:
     r.add_post("/v1/queues/{queue}/visibility", visibility)
     r.add_post("/v1/queues/{queue}/purge", purge)
     r.add_post("/v1/queues/{queue}/redrive", redrive)
+    r.add_get("/v1/queues/{queue}/stream", stream)
 

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from node.app import ctx, set_stream_headers
-from node.codec import decode_bodies, jsonable, read_body, respond
+from node.codec import decode_bodies, jsonable, query_float, query_int, read_body, respond
 from node.http_queues import publish_command, queue_name, raise_if_error
 from storage import topics as topic_rules
 from storage import validate
@@ -65,12 +65,11 @@ async def read_partition(request: web.Request) -> web.Response:
     context = ctx(request)
     name = topic_name(request)
     q = request.query
-    partition = query_int(q, "partition", request.match_info["p"], 0, 63)
-    offset = query_int(q, "offset", q.get("offset", "0"), 0, 2**62)
-    max_messages = query_int(q, "max", q.get("max", "100"), 1, context.limits.batch_messages_max)
-    wait_s = query_float(q, "wait_s", q.get("wait_s", "0"), 0, context.limits.wait_s_max)
-    from_time_ms = (query_int(q, "from_time", q["from_time"], 0, 2**62)
-                    if "from_time" in q else None)
+    partition = query_int(request.match_info, "p", None, 0, 63)
+    offset = query_int(q, "offset", 0, 0, 2**62)
+    max_messages = query_int(q, "max", 100, 1, context.limits.batch_messages_max)
+    wait_s = query_float(q, "wait_s", 0.0, 0, context.limits.wait_s_max)
+    from_time_ms = query_int(q, "from_time", None, 0, 2**62) if "from_time" in q else None
     deadline = time.monotonic() + wait_s
 
     def read(state: Any, now_ms: int) -> Any:
@@ -198,26 +197,6 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
 
 def sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(jsonable(data))}\n\n".encode()
-
-
-def query_int(q: Any, field: str, raw: str, low: int, high: int) -> int:
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise BrokerError("invalid_request", f"{field}: must be an integer") from None
-    if not low <= value <= high:
-        raise BrokerError("invalid_request", f"{field}: must be {low}..{high}")
-    return value
-
-
-def query_float(q: Any, field: str, raw: str, low: float, high: float) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise BrokerError("invalid_request", f"{field}: must be a number") from None
-    if not low <= value <= high:
-        raise BrokerError("invalid_request", f"{field}: must be {low}..{high}")
-    return value
 
 
 def setup(app: web.Application) -> None:

@@ -81,6 +81,8 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, int, list[str]]] = [
     ("POST", "/v1/queues/{queue}/purge", "Remove every ready message", None, 200, []),
     ("POST", "/v1/queues/{queue}/redrive", "Move messages to another queue",
      obj(to=NAME, max_messages={"type": "integer"}), 200, []),
+    ("GET", "/v1/queues/{queue}/stream", "Push delivery as server-sent events", None, 200,
+     ["prefetch"]),
     ("POST", "/v1/queues/{queue}/request", "Request-reply: publish and wait for the reply",
      obj(message=MESSAGE, timeout_s={"type": "number"}), 200, []),
     ("POST", "/v1/queues/{queue}/bindings", "Route matching topic messages into the queue",

@@ -97,7 +97,7 @@ def test_bad_input_gets_documented_errors_and_changes_nothing(cluster: Cluster) 
     url = cluster.nodes[1].url
     assert http("PUT", f"{url}/v1/queues/strict").status == 201
     cases = [
-        ("PUT", "/v1/queues/bad name!", {}, 400, "invalid_request", "queue"),
+        ("PUT", "/v1/queues/bad%20name!", {}, 400, "invalid_request", "queue"),
         ("PUT", "/v1/queues/q2", {"visibility_timeout_s": -1}, 400, "invalid_request",
          "visibility_timeout_s"),
         ("POST", "/v1/queues/strict/messages", {"messages": [{"body": 5}]}, 400,

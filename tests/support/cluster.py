@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
+TEST_SECRET = "integration-test-secret-0123456789"
 
 
 def free_ports(count: int) -> list[int]:
@@ -106,7 +107,7 @@ class Node:
 class Cluster:
     """N node processes described by one cluster file, with kill/restart/pause controls."""
 
-    def __init__(self, root: Path, size: int = 3, secret: str = "test-secret",
+    def __init__(self, root: Path, size: int = 3, secret: str = TEST_SECRET,
                  extra_config: str = "") -> None:
         self.root = root
         ports = free_ports(2 * size)
@@ -171,8 +172,10 @@ class Cluster:
 
     def wait_ready(self, nodes: list[Node] | None = None, timeout_s: float = 60.0) -> None:
         for n in nodes or [x for x in self.nodes if x.alive]:
-            wait_until(lambda n=n: _ready(n), timeout_s, what=f"{n.id} ready"
-                       f" (log tail: {self.log_tail(n)!r})")
+            try:
+                wait_until(lambda n=n: _ready(n), timeout_s, what=f"{n.id} ready")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{n.id} log tail:\n{self.log_tail(n)}") from None
 
     def leader(self, timeout_s: float = 30.0) -> Node:
         def find() -> Node | None:

@@ -108,10 +108,12 @@ class BrokerCollector(Collector):
 
 
 def group_lag_rows(state: Any) -> list[tuple[str, str, int, int]]:
-    topics = getattr(state, "topics", None)
-    if topics is None or not hasattr(topics, "group_lag_rows"):
-        return []
-    rows: list[tuple[str, str, int, int]] = topics.group_lag_rows()
+    rows = []
+    for info in state.topics.list_topics():
+        for group in info.get("groups", []):
+            offsets = state.topics.group_offsets(info["name"], group)
+            for part in offsets.get("partitions", []):
+                rows.append((info["name"], group, part["partition"], part["lag"]))
     return rows
 
 

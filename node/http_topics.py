@@ -12,6 +12,7 @@ from aiohttp import web
 from node.app import ctx, set_stream_headers
 from node.codec import decode_bodies, jsonable, query_float, query_int, read_body, respond
 from node.http_queues import publish_command, queue_name, raise_if_error
+from storage import bindings as binding_rules
 from storage import topics as topic_rules
 from storage import validate
 from storage.errors import BrokerError
@@ -51,8 +52,7 @@ async def publish_topic(request: web.Request) -> web.Response:
     context = ctx(request)
     name = topic_name(request)
     body = await read_body(request)
-    messages = topic_rules.validate_topic_messages(decode_bodies(body.get("messages")),
-                                                   context.limits)
+    messages = topic_rules.validate_topic_messages(decode_bodies(body.get("messages")))
     cmd: dict[str, Any] = {"op": "topic.publish", "topic": name, "messages": messages}
     if body.get("producer") is not None:
         cmd["producer"] = validate.producer_ref(body["producer"])
@@ -88,7 +88,7 @@ async def commit_offsets(request: web.Request) -> web.Response:
     name = topic_name(request)
     group = validate.name(request.match_info["group"], "group")
     body = await read_body(request)
-    offsets = topic_rules.validate_offsets(body.get("offsets"))
+    offsets = validate_offsets(body.get("offsets"))
     result = await ctx(request).propose(
         {"op": "group.commit", "topic": name, "group": group, "offsets": offsets})
     return respond(request, result)
@@ -105,7 +105,7 @@ async def get_offsets(request: web.Request) -> web.Response:
 
 async def create_binding(request: web.Request) -> web.Response:
     name = queue_name(request)
-    binding = topic_rules.validate_binding(await read_body(request))
+    binding = binding_rules.validate_binding(await read_body(request))
     result = await ctx(request).propose({"op": "binding.create", "queue": name, **binding})
     return respond(request, {"binding": result["binding"]},
                    status=201 if result.get("created", True) else 200)
@@ -163,8 +163,7 @@ def txn_publish(context: Any, item: Any, i: int) -> dict[str, Any]:
         part = publish_command(context, {"messages": item.get("messages")})
         part["queue"] = validate.name(item["queue"], f"publish[{i}].queue")
         return part
-    messages = topic_rules.validate_topic_messages(decode_bodies(item.get("messages")),
-                                                   context.limits)
+    messages = topic_rules.validate_topic_messages(decode_bodies(item.get("messages")))
     return {"topic": validate.name(item["topic"], f"publish[{i}].topic"), "messages": messages}
 
 
@@ -174,16 +173,16 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     pattern = request.query.get("topics")
     if not pattern:
         raise BrokerError("invalid_request", "topics: a topic pattern is required")
-    topic_rules.validate_pattern(pattern)
+    binding_rules.validate_pattern(pattern, "topics")
     cursors: dict[tuple[str, int], int] = context.read(
-        lambda s, now: s.topics.high_watermarks(pattern))
+        lambda s, now: high_watermarks(s.topics, pattern))
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
     set_stream_headers(request, response)
     await response.prepare(request)
     last_beat = time.monotonic()
     while True:
-        events = context.read(lambda s, now: s.topics.read_new(pattern, cursors))
+        events = context.read(lambda s, now: read_new(s.topics, pattern, cursors))
         for event in events:
             cursors[(event["topic"], event["partition"])] = event["offset"] + 1
             await response.write(sse("message", event))
@@ -193,6 +192,45 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
         if request.transport is None or request.transport.is_closing():
             return response
         await context.notifier.wait(SSE_HEARTBEAT_S)
+
+
+SUBSCRIBE_BATCH_MAX = 100
+
+
+def high_watermarks(topics: Any, pattern: str) -> dict[tuple[str, int], int]:
+    """Where a live subscription starts: the end of every partition of every matching topic."""
+    out: dict[tuple[str, int], int] = {}
+    for name in topics.matching_topics(pattern):
+        for part in topics.topic_info(name)["partitions"]:
+            out[(name, part["partition"])] = part["high_watermark"]
+    return out
+
+
+def read_new(topics: Any, pattern: str, cursors: dict[tuple[str, int], int]) -> list[Any]:
+    """Messages past each cursor, in every matching topic (topics created later start at 0)."""
+    events = []
+    for name in topics.matching_topics(pattern):
+        for part in topics.topic_info(name)["partitions"]:
+            p = part["partition"]
+            start = cursors.get((name, p), 0)
+            if part["high_watermark"] <= start:
+                continue
+            result = topics.read(name, p, start, SUBSCRIBE_BATCH_MAX)
+            for message in result.get("messages", []):
+                events.append({"topic": name, "partition": p, **message})
+    return events
+
+
+def validate_offsets(value: Any) -> list[dict[str, int]]:
+    if not isinstance(value, list) or not value:
+        raise BrokerError("invalid_request", "offsets: a non-empty list is required")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise BrokerError("invalid_request", f"offsets[{i}]: must be an object")
+        out.append({"partition": validate.count(item.get("partition"), f"offsets[{i}].partition"),
+                    "offset": validate.count(item.get("offset"), f"offsets[{i}].offset")})
+    return out
 
 
 def sse(event: str, data: Any) -> bytes:

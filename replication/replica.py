@@ -275,14 +275,10 @@ class Replica:
         return bool(self._sync._isLeader())
 
     def is_ready(self) -> bool:
-        """A leader is known and this node has applied what it learned was committed."""
+        """A leader is known and this node has caught up once: it applied the leader's commit
+        index as first learned (pysyncobj's onReady; it does not flap under load)."""
         sync = self._sync
-        return (
-            not self._closed
-            and sync._getLeader() is not None
-            and bool(sync.isReady())
-            and sync.raftLastApplied >= sync.raftCommitIndex
-        )
+        return not self._closed and sync._getLeader() is not None and bool(sync.isReady())
 
     def status(self) -> ReplicaStatus:
         sync = self._sync

@@ -53,6 +53,10 @@ class Node:
         self.port = 0
 
     def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
         peers = ",".join(f"{k}={v}" for k, v in self.peers.items())
         log = open(self.data_dir.parent / f"{self.id}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -61,7 +65,9 @@ class Node:
              *self.extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=log)
         log.close()
-        assert self.proc.stdout is not None
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
         assert line.startswith("READY "), f"node {self.id} did not start: {line!r}"
         self.port = int(line.split()[1])
@@ -113,7 +119,9 @@ class Cluster:
 
     def start(self) -> None:
         for node in self.nodes.values():
-            node.start()
+            node.spawn()
+        for node in self.nodes.values():
+            node.wait_ready()
 
     def stop(self) -> None:
         for node in self.nodes.values():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from node import http_cluster, http_queues, http_request, http_topics, openapi
+from node import http_cluster, http_queues, http_request, http_topics, openapi, ui
 from node.app import CTX, NodeContext, error_middleware, header_middleware
 from node.config import ClusterConfig, split_addr
 from node.waiters import ApplyNotifier
@@ -40,6 +40,7 @@ def add_routes(app: web.Application) -> None:
     http_topics.setup(app)
     http_request.setup(app)
     openapi.setup(app)
+    ui.setup(app)
 
 
 def limits_from(cluster: ClusterConfig) -> Limits:

@@ -21,6 +21,7 @@ from raftmq._http import RetryPolicy, Transport, parse_urls
 from raftmq._producer import Producer
 from raftmq.models import (
     Message,
+    Messages,
     MessageSpec,
     ProducerRef,
     PublishResult,
@@ -80,10 +81,10 @@ class AsyncTransaction:
     def ack(self, queue: str, receipts: Receipts) -> None:
         self.acks.append({"queue": queue, "receipts": receipts_of(receipts)})
 
-    def publish(self, queue: str, messages: MessageSpec | list[MessageSpec]) -> None:
+    def publish(self, queue: str, messages: Messages) -> None:
         self.publishes.append({"queue": queue, "messages": self._client._encode(messages)})
 
-    def publish_topic(self, topic: str, messages: MessageSpec | list[MessageSpec],
+    def publish_topic(self, topic: str, messages: Messages,
                       key: str | None = None) -> None:
         msgs = _with_key(self._client._encode(messages), key)
         self.publishes.append({"topic": topic, "messages": msgs})
@@ -144,7 +145,7 @@ class AsyncClient:
     async def close(self) -> None:
         await self._http.close()
 
-    def _encode(self, messages: MessageSpec | list[MessageSpec]) -> list[dict[str, Any]]:
+    def _encode(self, messages: Messages) -> list[dict[str, Any]]:
         return encode_messages(messages, binary_ok=self._http.codec == "msgpack")
 
     async def _publish(self, path: str, body: dict[str, Any]) -> Any:
@@ -169,7 +170,7 @@ class AsyncClient:
     async def queue_info(self, name: str) -> dict[str, Any]:
         return dict(await self._http.call("GET", f"/v1/queues/{_q(name)}"))
 
-    async def publish(self, queue: str, messages: MessageSpec | list[MessageSpec]) -> PublishResult:
+    async def publish(self, queue: str, messages: Messages) -> PublishResult:
         """Publish one message or a batch (atomic). Bodies: str, bytes, or dicts with `body`
         and optional headers, priority, delay_s, group, dedup_id, ttl_s, correlation_id,
         reply_to."""
@@ -267,7 +268,7 @@ class AsyncClient:
     async def topic_info(self, name: str) -> dict[str, Any]:
         return dict(await self._http.call("GET", f"/v1/topics/{_q(name)}"))
 
-    async def publish_topic(self, topic: str, messages: MessageSpec | list[MessageSpec],
+    async def publish_topic(self, topic: str, messages: Messages,
                             key: str | None = None) -> TopicPublishResult:
         """Publish to a topic; `key` (for messages without their own) picks the partition."""
         body = {"messages": _with_key(self._encode(messages), key)}

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from raftmq.aio import AckResult, AsyncClient, Receipts, max_offset
 from raftmq.models import (
     Message,
+    Messages,
     MessageSpec,
     ProducerRef,
     PublishResult,
@@ -63,10 +64,10 @@ class Transaction:
     def ack(self, queue: str, receipts: Receipts) -> None:
         self._inner.ack(queue, receipts)
 
-    def publish(self, queue: str, messages: MessageSpec | list[MessageSpec]) -> None:
+    def publish(self, queue: str, messages: Messages) -> None:
         self._inner.publish(queue, messages)
 
-    def publish_topic(self, topic: str, messages: MessageSpec | list[MessageSpec],
+    def publish_topic(self, topic: str, messages: Messages,
                       key: str | None = None) -> None:
         self._inner.publish_topic(topic, messages, key)
 
@@ -143,7 +144,7 @@ class Client:
     def queue_info(self, name: str) -> dict[str, Any]:
         return self._run(self._aio.queue_info(name))
 
-    def publish(self, queue: str, messages: MessageSpec | list[MessageSpec]) -> PublishResult:
+    def publish(self, queue: str, messages: Messages) -> PublishResult:
         return self._run(self._aio.publish(queue, messages))
 
     def receive(self, queue: str, max_messages: int = 1, wait_s: float = 0,
@@ -204,7 +205,7 @@ class Client:
     def topic_info(self, name: str) -> dict[str, Any]:
         return self._run(self._aio.topic_info(name))
 
-    def publish_topic(self, topic: str, messages: MessageSpec | list[MessageSpec],
+    def publish_topic(self, topic: str, messages: Messages,
                       key: str | None = None) -> TopicPublishResult:
         return self._run(self._aio.publish_topic(topic, messages, key))
 

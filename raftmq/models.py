@@ -9,11 +9,13 @@ and `Message.text` give either form.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 Body = str | bytes
 MessageSpec = Body | dict[str, Any]
+Messages = MessageSpec | Sequence[MessageSpec]   # one message or a batch
 
 MESSAGE_FIELDS = ("body", "headers", "priority", "delay_s", "group", "dedup_id", "ttl_s",
                   "correlation_id", "reply_to", "key")
@@ -53,10 +55,9 @@ def encode_message(spec: MessageSpec, *, binary_ok: bool) -> dict[str, Any]:
     return msg
 
 
-def encode_messages(specs: MessageSpec | list[MessageSpec], *,
-                    binary_ok: bool) -> list[dict[str, Any]]:
+def encode_messages(specs: Messages, *, binary_ok: bool) -> list[dict[str, Any]]:
     """A list of outgoing messages: one body/dict or a list of them (an empty list is refused)."""
-    items = specs if isinstance(specs, list) else [specs]
+    items = [specs] if isinstance(specs, str | bytes | bytearray | dict) else list(specs)
     if not items:
         raise ValueError("publish needs at least one message")
     return [encode_message(s, binary_ok=binary_ok) for s in items]

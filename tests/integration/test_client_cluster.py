@@ -1,0 +1,165 @@
+"""The Python client against a real 3-node cluster: the calls an application makes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+import raftmq
+from tests.support.cluster import Cluster
+
+
+def urls(cluster: Cluster) -> list[str]:
+    return [n.url for n in cluster.nodes]
+
+
+def test_publish_through_a_follower_receive_and_ack_through_another(
+        shared_cluster: Cluster) -> None:
+    follower, other = shared_cluster.followers()[:2]
+    with raftmq.Client(follower.url) as pub, raftmq.Client(other.url) as sub:
+        pub.create_queue("c-fifo", visibility_timeout_s=30)
+        pub.publish("c-fifo", ["a", b"b", {"body": "c", "headers": {"k": "v"}}])
+        pub.publish("c-fifo", b"\xff\x00binary")
+        msgs = sub.receive("c-fifo", max_messages=10)
+        assert [m.body for m in msgs] == ["a", "b", "c", b"\xff\x00binary"]
+        assert msgs[2].headers == {"k": "v"}
+        assert all(m.receipt and m.receive_count == 1 for m in msgs)
+        assert sub.ack("c-fifo", msgs).count == 4
+        info = sub.queue_info("c-fifo")
+        assert info["stats"]["ready"] == 0 and info["stats"]["in_flight"] == 0
+
+
+def test_stale_receipt_after_redelivery_does_not_ack(shared_cluster: Cluster) -> None:
+    with raftmq.Client(urls(shared_cluster)) as mq:
+        mq.create_queue("c-vis")
+        mq.publish("c-vis", "x")
+        first = mq.receive("c-vis", visibility_timeout_s=0.2)[0]
+        again = mq.receive("c-vis", wait_s=10, visibility_timeout_s=30)
+        assert [m.id for m in again] == [first.id] and again[0].receive_count == 2
+        stale = mq.ack("c-vis", first)
+        assert stale.count == 0 and stale.stale == [first.receipt]
+        assert mq.ack("c-vis", again).count == 1
+
+
+def test_long_poll_receive_is_woken_by_a_publish_elsewhere(shared_cluster: Cluster) -> None:
+    a, b = shared_cluster.nodes[0].url, shared_cluster.nodes[2].url
+    with raftmq.Client(a) as waiter, raftmq.Client(b) as pub:
+        waiter.create_queue("c-poll")
+        got: list[raftmq.Message] = []
+        t = threading.Thread(target=lambda: got.extend(waiter.receive("c-poll", wait_s=15)))
+        t.start()
+        pub.publish("c-poll", "wake")
+        t.join(20)
+        assert [m.body for m in got] == ["wake"]
+
+
+def test_errors_are_typed(shared_cluster: Cluster) -> None:
+    with raftmq.Client(urls(shared_cluster)) as mq:
+        with pytest.raises(raftmq.QueueNotFound) as info:
+            mq.publish("c-missing", "x")
+        assert info.value.status == 404 and info.value.node
+        with pytest.raises(raftmq.InvalidRequest):
+            mq.create_queue("c-bad", visibility_timeout_s=-1)
+        mq.create_queue("c-conf", max_receives=2)
+        with pytest.raises(raftmq.AlreadyExists):
+            mq.create_queue("c-conf", max_receives=3)
+        assert mq.create_queue("c-conf", max_receives=2)["max_receives"] == 2
+
+
+def test_nack_redrive_and_purge(shared_cluster: Cluster) -> None:
+    with raftmq.Client(urls(shared_cluster)) as mq:
+        mq.create_queue("c-work", max_receives=1, dead_letter_queue="c-dlq")
+        mq.publish("c-work", ["p", "q"])
+        for m in mq.receive("c-work", max_messages=2):
+            mq.nack("c-work", m)
+        dead = mq.queue_info("c-dlq")["stats"]["ready"]
+        assert dead == 2
+        mq.create_queue("c-back")
+        assert mq.redrive("c-dlq", "c-back") == 2
+        assert mq.purge("c-back") == 2
+
+
+def test_topics_through_the_client(shared_cluster: Cluster) -> None:
+    with raftmq.Client(urls(shared_cluster)) as mq:
+        mq.create_topic("c.events", partitions=2)
+        mq.create_queue("c-sub")
+        mq.bind("c-sub", "c.*")
+        res = mq.publish_topic("c.events", ["e1", "e2", "e3"], key="order-7")
+        parts = {r.partition for r in res.messages}
+        assert len(parts) == 1, "one key, one partition"
+        part = parts.pop()
+        assert [r.offset for r in res.messages] == [0, 1, 2]
+        batch = mq.read_topic("c.events", part, offset=1)
+        assert [m.body for m in batch.messages] == ["e2", "e3"] and batch.next_offset == 3
+        assert [m.body for m in mq.receive("c-sub", max_messages=10)] == ["e1", "e2", "e3"]
+        mq.commit_offsets("c.events", "g1", {part: 3})
+        lag = {p["partition"]: p["lag"] for p in mq.group_offsets("c.events", "g1")}
+        assert lag[part] == 0
+
+
+def test_transaction_is_atomic(shared_cluster: Cluster) -> None:
+    with raftmq.Client(urls(shared_cluster)) as mq:
+        mq.create_queue("c-in")
+        mq.create_queue("c-out")
+        mq.publish("c-in", ["1", "2"])
+        msgs = mq.receive("c-in", max_messages=2)
+        with mq.transaction() as txn:
+            txn.ack("c-in", msgs[0])
+            txn.publish("c-out", "one")
+        with pytest.raises(raftmq.StaleReceipt), mq.transaction() as bad:
+            bad.ack("c-in", [msgs[0], msgs[1]])
+            bad.publish("c-out", "never")
+        assert [m.body for m in mq.receive("c-out", max_messages=10)] == ["one"]
+        assert mq.queue_info("c-in")["stats"]["in_flight"] == 1
+
+
+def test_fenced_zombie_producer_is_refused(shared_cluster: Cluster) -> None:
+    with raftmq.Client(urls(shared_cluster), producer_id="c-zombie") as old, \
+            raftmq.Client(urls(shared_cluster), producer_id="c-zombie") as new:
+        old.create_queue("c-z")
+        old.publish("c-z", "from-old")
+        new.publish("c-z", "from-new")
+        with pytest.raises(raftmq.ProducerFenced):
+            old.publish("c-z", "late")
+        bodies = [m.body for m in new.receive("c-z", max_messages=10)]
+        assert bodies == ["from-old", "from-new"]
+
+
+def test_request_reply(shared_cluster: Cluster) -> None:
+    with raftmq.Client(urls(shared_cluster)) as requester, \
+            raftmq.Client(urls(shared_cluster)) as server:
+        requester.create_queue("c-rpc")
+
+        def serve() -> None:
+            req = server.receive("c-rpc", wait_s=15)[0]
+            assert req.reply_to and req.correlation_id
+            server.publish(req.reply_to, {"body": req.text.upper(),
+                                          "correlation_id": req.correlation_id})
+            server.ack("c-rpc", req)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        reply = requester.request("c-rpc", "ping", timeout_s=15)
+        t.join(20)
+        assert reply.body == "PING"
+
+
+def test_async_client(shared_cluster: Cluster) -> None:
+    async def run() -> list[str]:
+        async with raftmq.AsyncClient(urls(shared_cluster)) as mq:
+            await mq.create_queue("c-async")
+            await asyncio.gather(*(mq.publish("c-async", f"m{i}") for i in range(10)))
+            msgs = await mq.receive("c-async", max_messages=10)
+            await mq.ack("c-async", msgs)
+            assert mq.producer.ref is not None and mq.producer.ref.seq == 10
+            return sorted(m.text for m in msgs)
+
+    assert asyncio.run(run()) == sorted(f"m{i}" for i in range(10))
+
+
+def test_cluster_status(shared_cluster: Cluster) -> None:
+    with raftmq.Client(urls(shared_cluster)) as mq:
+        st = mq.cluster_status()
+    assert st["leader"] in {m["id"] for m in st["members"]} and len(st["members"]) == 3

@@ -42,6 +42,7 @@ from storage.bindings import (
     validate_headers,
 )
 from storage.errors import BrokerError, error_result
+from storage.limits import Limits
 
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")
 DURABILITIES = ("fsync", "memory")
@@ -65,6 +66,18 @@ class TopicLimits:
     read_messages_max: int = 1000
     read_bytes_max: int = 8 * 1024 * 1024  # a read stops here (it returns at least one message)
     groups_per_topic_max: int = 10_000
+
+    @classmethod
+    def from_limits(cls, limits: Limits) -> TopicLimits:
+        """The cluster-wide limits that topics share with queues (storage.limits)."""
+        return cls(
+            messages_per_publish_max=limits.batch_messages_max,
+            body_bytes_max=limits.body_bytes_max,
+            headers_max=limits.headers_max,
+            header_key_bytes_max=limits.header_key_bytes_max,
+            header_value_bytes_max=limits.header_value_bytes_max,
+            read_messages_max=limits.batch_messages_max,
+        )
 
 
 def default_topic_config() -> dict[str, Any]:
@@ -390,8 +403,8 @@ class Topics:
     def _binding_delete(self, cmd: dict[str, Any]) -> Result:
         queue = validate_name(cmd.get("queue"), "queue")
         binding_id = cmd.get("id")
-        if isinstance(binding_id, str) and binding_id.isdigit():
-            binding_id = int(binding_id)
+        if isinstance(binding_id, str):  # from a URL path: not a number, no such binding
+            binding_id = int(binding_id) if binding_id.isdecimal() else -1
         if isinstance(binding_id, bool) or not isinstance(binding_id, int):
             raise BrokerError("invalid_request", "id must be a binding id (integer)")
         return self.bindings.delete(queue, binding_id)

@@ -9,6 +9,7 @@ import msgpack
 import pytest
 
 from storage.errors import BrokerError
+from storage.limits import Limits
 from storage.topics import (
     TopicLimits,
     Topics,
@@ -107,6 +108,16 @@ def test_topics_max() -> None:
     t = Topics(TopicLimits(topics_max=1))
     create(t, "a")
     assert err(t, {"op": "topic.create", "topic": "b"}) == "invalid_request"
+
+
+def test_limits_follow_the_cluster_limits() -> None:
+    lim = TopicLimits.from_limits(Limits(batch_messages_max=2, body_bytes_max=3))
+    t = Topics(lim)
+    create(t)
+    cmd = {"op": "topic.publish", "topic": "t", "messages": [{"body": b"x"}] * 3}
+    assert err(t, cmd) == "batch_too_large"
+    assert err(t, {**cmd, "messages": [{"body": b"xxxx"}]}) == "message_too_large"
+    assert t.read("t", 0, 0, 3)["error"]["code"] == "invalid_request"
 
 
 def test_config_normalized_with_all_keys() -> None:
@@ -337,6 +348,7 @@ def test_age_timers_of_a_deleted_topic_do_not_touch_a_new_one() -> None:
     publish(t, [{"body": b"b"}], now_ms=T0 + 8_000)
     t.advance(T0 + 10_000)  # the old timer fires: nothing of the new topic is old enough
     assert bodies(t) == [b"b"]
+    assert len(t._age_heap) == 1  # the stale timer was dropped, not rescheduled
     t.advance(T0 + 18_000)
     assert bodies(t) == []
 
@@ -539,7 +551,8 @@ def test_binding_create_duplicate_and_delete_commands() -> None:
     assert again == {"binding": first["binding"], "created": False}
     bid = first["binding"]["id"]
     assert err(t, {"op": "binding.delete", "queue": "other", "id": bid}) == "binding_not_found"
-    assert err(t, {"op": "binding.delete", "queue": "q", "id": "x"}) == "invalid_request"
+    assert err(t, {"op": "binding.delete", "queue": "q", "id": "x"}) == "binding_not_found"
+    assert err(t, {"op": "binding.delete", "queue": "q", "id": None}) == "invalid_request"
     assert ok(t, {"op": "binding.delete", "queue": "q", "id": str(bid)}) == {"deleted": True}
     assert err(t, {"op": "binding.create", "queue": "q", "topic": "a*"}) == "invalid_request"
     assert t.list_bindings("q") == []

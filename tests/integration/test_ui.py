@@ -169,6 +169,18 @@ def dead_letter_three(url: str) -> None:
     wait_until(lambda: stats(url, "orders-dlq")["ready"] == 3, 30, what="3 dead-lettered")
 
 
+def topic_with_five(url: str) -> None:
+    """events: 3 partitions, 5 keyed messages; group billing commits partition 0 up to 1."""
+    r = http("PUT", f"{url}/v1/topics/events", {"partitions": 3})
+    assert r.status == 201, r.body
+    r = http("POST", f"{url}/v1/topics/events/messages",
+             {"messages": [{"body": f"event {i}", "key": f"k{i}"} for i in range(5)]})
+    assert r.status == 201, r.body
+    r = http("POST", f"{url}/v1/topics/events/groups/billing/offsets",
+             {"offsets": [{"partition": 0, "offset": 1}]})
+    assert r.status == 200, r.body
+
+
 def stats(url: str, queue: str) -> dict[str, Any]:
     r = http("GET", f"{url}/v1/queues/{queue}?consistency=linearizable")
     assert r.status == 200, r.body
@@ -187,6 +199,7 @@ def test_console_shows_the_cluster_and_queues_and_redrives_a_dlq(
         cluster: Cluster, tmp_path: Path) -> None:
     node = cluster.followers()[0]  # any node serves the console; a follower forwards writes
     dead_letter_three(node.url)
+    topic_with_five(node.url)
     asyncio.run(drive_console(node.url, tmp_path))
     # the click moved the messages, through Raft, for every node to see
     assert stats(node.url, "orders")["ready"] == 3
@@ -206,7 +219,10 @@ async def drive_console(url: str, tmp_path: Path) -> None:
         assert await page.poll(cell("orders", 9), "orders row") == "3"  # dead-lettered
         assert await page.js(cell("orders-dlq", 1)) == "3"  # ready
         assert await page.js(cell("orders-dlq", 1, "dlq-rows")) == "orders"  # its source
-        await page.screenshot(tmp_path / "before.png")
+        # topics: partitions, message count, the group
+        assert await page.poll(cell("events", 1, "topic-rows"), "events row") == "3"
+        assert await page.js(cell("events", 2, "topic-rows")) == "5"
+        assert await page.js(cell("events", 6, "topic-rows")) == "billing"
         # redrive: the target defaults to the queue the messages came from
         button = '#dlq-rows tr[data-key="orders-dlq"] button[name=redrive]'
         assert await page.js(f"document.querySelector('{button}').closest('tr')"

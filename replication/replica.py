@@ -25,6 +25,7 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from replication.proposer import Proposer, unpack_entry
 from replication.types import (
     BARRIER_TIMEOUT_S_DEFAULT,
+    LOOP_TICK_INTERVAL_MS_DEFAULT,
     WATCH_INTERVAL_MS_DEFAULT,
     MemberStatus,
     ProposalError,
@@ -140,8 +141,15 @@ def _syncobj_args(cfg: ReplicaConfig, core: ApplyCore, decode: Callable[[bytes],
         peers=cfg.members(),
         data_dir=Path(cfg.data_dir),
         snapshot_hooks=hooks,
-        **cfg.raft_conf,
+        **_raft_conf(cfg),
     )
+
+
+def _raft_conf(cfg: ReplicaConfig) -> dict[str, Any]:
+    conf = dict(cfg.raft_conf)
+    if cfg.threading_mode == "loop":
+        conf["autoTick"] = False
+    return conf
 
 
 def _stock_syncobj_args(cfg: ReplicaConfig) -> dict[str, Any]:
@@ -156,7 +164,7 @@ def _stock_syncobj_args(cfg: ReplicaConfig) -> dict[str, Any]:
         "dynamicMembershipChange": True,
         "bindAddress": cfg.raft_addr,
     }
-    conf_kwargs.update(cfg.raft_conf)
+    conf_kwargs.update(_raft_conf(cfg))
     others = [addr for nid, addr in cfg.members().items() if nid != cfg.node_id]
     return {"selfNode": cfg.raft_addr, "otherNodes": others, "conf": SyncObjConf(**conf_kwargs)}
 
@@ -175,6 +183,7 @@ class Replica:
         self._last_tick_s = 0.0
         self._tick_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._ticker_task: asyncio.Task[None] | None = None
         self._core: ApplyCore
         self._sync: _RaftBroker
         self._proposer: Proposer
@@ -204,6 +213,8 @@ class Replica:
             pending_commands_max=cfg.pending_commands_max,
         )
         self._watch_task = loop.create_task(self._watch())
+        if cfg.threading_mode == "loop":
+            self._ticker_task = loop.create_task(self._loop_ticker())
         log.info("replica node=%s raft=%s members=%s", cfg.node_id, cfg.raft_addr, cfg.members())
         return self
 
@@ -360,15 +371,28 @@ class Replica:
         except ProposalError as exc:
             log.debug("tick not committed: %s", exc)
 
+    async def _loop_ticker(self) -> None:
+        """threading_mode "loop": pysyncobj runs on the loop's thread, one tick per ~1 ms."""
+        interval_s = LOOP_TICK_INTERVAL_MS_DEFAULT / 1000
+        while not self._closed:
+            try:
+                self._sync.doTick(0.0)
+            except Exception:
+                log.exception("doTick failed")
+            await asyncio.sleep(interval_s)
+
     # -- shutdown --------------------------------------------------------------------------
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for task in (self._watch_task, self._tick_task):
+        for task in (self._watch_task, self._tick_task, self._ticker_task):
             if task is not None:
                 task.cancel()
         self._proposer.close()
-        await asyncio.to_thread(self._sync.destroy_synchronous)
+        if self._cfg.threading_mode == "loop":
+            self._sync.destroy()
+        else:
+            await asyncio.to_thread(self._sync.destroy_synchronous)
         log.info("replica node=%s closed", self._cfg.node_id)

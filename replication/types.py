@@ -17,6 +17,8 @@ PENDING_COMMANDS_MAX_DEFAULT = 100_000  # proposals waiting for a window slot
 TICK_INTERVAL_MS_DEFAULT = 500  # the leader proposes {"op": "tick"} about twice a second
 NO_LEADER_GRACE_S_DEFAULT = 3.0  # elections take 1-2.5 s with default timeouts
 WATCH_INTERVAL_MS_DEFAULT = 100  # how often the loop looks at the leader/role
+LOOP_TICK_INTERVAL_MS_DEFAULT = 1  # threading_mode "loop": doTick(0) about every 1 ms
+THREADING_MODES = ("thread", "loop")
 
 
 class StateMachine(Protocol):
@@ -46,6 +48,9 @@ class ReplicaConfig:
     pending_commands_max: int = PENDING_COMMANDS_MAX_DEFAULT
     tick_interval_ms: int = TICK_INTERVAL_MS_DEFAULT
     no_leader_grace_s: float = NO_LEADER_GRACE_S_DEFAULT
+    # "thread": pysyncobj ticks in its own thread (default, see replication/DESIGN.md
+    # "Threading"); "loop": the event loop calls doTick (measured alternative).
+    threading_mode: str = "thread"
     # Extra SyncObjConf keyword arguments (timing knobs), passed through to pysyncobj.
     raft_conf: dict[str, Any] = field(default_factory=dict)
 
@@ -53,6 +58,7 @@ class ReplicaConfig:
         """Every voting member, this node included: {node_id: raft_addr}."""
         own = self.peers.get(self.node_id)
         assert own is None or own == self.raft_addr, f"peers[{self.node_id!r}] != raft_addr"
+        assert self.threading_mode in THREADING_MODES, f"threading_mode {self.threading_mode!r}"
         out = dict(self.peers)
         out[self.node_id] = self.raft_addr
         assert len(set(out.values())) == len(out), "two members share a Raft address"

@@ -31,7 +31,7 @@ def name(value: Any, field: str, limits: Limits = DEFAULT_LIMITS) -> str:
         raise bad(field, "must be a string name")
     if len(value) > limits.name_chars_max:
         raise bad(field, f"longer than {limits.name_chars_max} characters")
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise bad(field, "must match ^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")
     return value
 

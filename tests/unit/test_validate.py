@@ -1,0 +1,131 @@
+"""Validators: the documented error, naming the field, for every kind of bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from storage import validate
+from storage.errors import BrokerError
+from storage.limits import Limits
+from storage.queues import DEFAULT_QUEUE_CONFIG
+
+
+def fails(code: str, field: str, fn: Any, *args: Any, **kw: Any) -> None:
+    with pytest.raises(BrokerError) as info:
+        fn(*args, **kw)
+    assert info.value.code == code
+    assert field in info.value.message, info.value.message
+
+
+@pytest.mark.parametrize("bad", ["", ".x", "a\n", "a b", "a/b", "x" * 201, 5, None, "é"])
+def test_bad_names(bad: Any) -> None:
+    fails("invalid_request", "queue", validate.name, bad, "queue")
+
+
+@pytest.mark.parametrize("good", ["a", "A-b_c.d", "0", "_", "-x", "x" * 200])
+def test_good_names(good: str) -> None:
+    assert validate.name(good, "queue") == good
+
+
+def test_queue_config_defaults_and_full_shape() -> None:
+    assert validate.queue_config({}) == DEFAULT_QUEUE_CONFIG
+    assert validate.queue_config(None) == DEFAULT_QUEUE_CONFIG
+    c = validate.queue_config({"visibility_timeout_s": 5, "overflow": "drop_oldest",
+                               "dead_letter_queue": "d", "unknown": 1})
+    assert c["visibility_timeout_s"] == 5 and c["overflow"] == "drop_oldest"
+    assert c.keys() == DEFAULT_QUEUE_CONFIG.keys()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("visibility_timeout_s", -1), ("visibility_timeout_s", 43_201), ("visibility_timeout_s", "5"),
+    ("max_receives", 1.5), ("max_receives", True), ("max_length", -1), ("overflow", "drop"),
+    ("durability", "disk"), ("dead_letter_queue", "bad name"), ("delay_s", float("nan")),
+    ("message_ttl_s", float("inf")),
+])
+def test_queue_config_rejects(field: str, value: Any) -> None:
+    fails("invalid_request", field, validate.queue_config, {field: value})
+
+
+def test_config_must_be_object() -> None:
+    fails("invalid_request", "config", validate.queue_config, [1])
+
+
+def test_publish_messages_normalizes() -> None:
+    [m] = validate.publish_messages([{"body": "héllo", "extra": 1}])
+    assert m == {"body": "héllo".encode(), "headers": {}, "priority": 0, "delay_s": 0,
+                 "ttl_s": 0, "group": None, "dedup_id": None, "correlation_id": None,
+                 "reply_to": None}
+    [m] = validate.publish_messages([{"body": b"\x00", "priority": 9, "group": "g"}])
+    assert m["body"] == b"\x00" and m["priority"] == 9 and m["group"] == "g"
+
+
+@pytest.mark.parametrize("msg,field", [
+    ({}, "messages[0].body"), ({"body": 5}, "messages[0].body"),
+    ({"body": "x", "headers": []}, "messages[0].headers"),
+    ({"body": "x", "headers": {"k": 1}}, "messages[0].headers.k"),
+    ({"body": "x", "priority": "1"}, "messages[0].priority"),
+    ({"body": "x", "priority": -1}, "messages[0].priority"),
+    ({"body": "x", "delay_s": -1}, "messages[0].delay_s"),
+    ({"body": "x", "ttl_s": "1"}, "messages[0].ttl_s"),
+    ({"body": "x", "group": 1}, "messages[0].group"),
+    ({"body": "x", "dedup_id": ""}, "messages[0].dedup_id"),
+    ({"body": "x", "reply_to": ["a"]}, "messages[0].reply_to"),
+    ({"body": "\ud800"}, "messages[0].body"),
+    ("text", "messages[0]"),
+])
+def test_publish_message_rejects(msg: Any, field: str) -> None:
+    fails("invalid_request", field, validate.publish_messages, [msg])
+
+
+def test_publish_limits() -> None:
+    limits = Limits(body_bytes_max=4, batch_messages_max=2, headers_max=1,
+                    header_key_bytes_max=2, header_value_bytes_max=3)
+    fails("message_too_large", "messages[0].body", validate.publish_messages,
+          [{"body": "12345"}], limits)
+    fails("batch_too_large", "messages", validate.publish_messages,
+          [{"body": "1"}] * 3, limits)
+    fails("invalid_request", "messages", validate.publish_messages, [], limits)
+    fails("invalid_request", "headers", validate.publish_messages,
+          [{"body": "1", "headers": {"a": "1", "b": "2"}}], limits)
+    fails("invalid_request", "abc", validate.publish_messages,
+          [{"body": "1", "headers": {"abc": "1"}}], limits)
+    fails("invalid_request", "a", validate.publish_messages,
+          [{"body": "1", "headers": {"a": "1234"}}], limits)
+    assert len(validate.publish_messages([{"body": "1234"}] * 2, limits)) == 2
+
+
+def test_receive_request() -> None:
+    assert validate.receive_request({}) == {"max_messages": 1, "wait_s": 0,
+                                            "visibility_timeout_s": None, "ack": "manual"}
+    r = validate.receive_request({"max_messages": 1000, "wait_s": 20, "ack": "auto",
+                                  "visibility_timeout_s": 0})
+    assert r["max_messages"] == 1000 and r["ack"] == "auto" and r["visibility_timeout_s"] == 0
+    fails("invalid_request", "max_messages", validate.receive_request, {"max_messages": 0})
+    fails("invalid_request", "max_messages", validate.receive_request, {"max_messages": 1001})
+    fails("invalid_request", "wait_s", validate.receive_request, {"wait_s": 21})
+    fails("invalid_request", "ack", validate.receive_request, {"ack": "sometimes"})
+
+
+def test_receipts_and_producer_ref() -> None:
+    assert validate.receipts_list(["1.2"]) == ["1.2"]
+    fails("invalid_request", "receipts", validate.receipts_list, [])
+    fails("invalid_request", "receipts[1]", validate.receipts_list, ["1.2", 3])
+    fails("invalid_request", "receipts", validate.receipts_list, "1.2")
+    assert validate.producer_ref({"id": "p", "epoch": 1, "seq": 0}) == \
+        {"id": "p", "epoch": 1, "seq": 0}
+    fails("invalid_request", "producer.seq", validate.producer_ref,
+          {"id": "p", "epoch": 1, "seq": -1})
+    fails("invalid_request", "producer.epoch", validate.producer_ref,
+          {"id": "p", "epoch": True, "seq": 0})
+    fails("invalid_request", "producer.id", validate.producer_ref, {"epoch": 1, "seq": 0})
+    fails("invalid_request", "producer", validate.producer_ref, None)
+
+
+def test_seconds_and_count() -> None:
+    assert validate.seconds(1.5, "x") == 1.5
+    fails("invalid_request", "x", validate.seconds, True, "x")
+    fails("invalid_request", "x", validate.seconds, 11, "x", maximum=10)
+    assert validate.count(3, "n", minimum=1, maximum=3) == 3
+    fails("invalid_request", "n", validate.count, 4, "n", maximum=3)

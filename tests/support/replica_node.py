@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,18 @@ def build_app(replica: Replica) -> web.Application:
     async def applied_log(request: web.Request) -> web.Response:
         return _pack(replica.read(lambda s: list(s.log)))
 
+    async def queue_info(request: web.Request) -> web.Response:
+        name = request.query["name"]
+        now_ms = time.time_ns() // 1_000_000
+        return _pack(replica.read(lambda s: s.inner.queue_info(name, now_ms)))
+
+    async def digest(request: web.Request) -> web.Response:
+        snap = replica.read(lambda s: s.inner.encode_snapshot())
+        return _pack({"crc32": zlib.crc32(snap), "bytes": len(snap)})
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_get("/queue_info", queue_info)
+    app.router.add_get("/digest", digest)
     app.router.add_post("/propose", propose)
     app.router.add_post("/propose_many", propose_many)
     app.router.add_post("/bench", bench)

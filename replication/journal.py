@@ -108,7 +108,7 @@ def write_file_atomic(path: Path, data: bytes, *, step_prefix: str | None = None
     (`<prefix>.after_tmp`, `.after_rename`, `.done`) for the kill -9 tests.
     """
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = create_file(tmp)
     try:
         write_all(fd, data)
         fsync(fd)
@@ -122,6 +122,13 @@ def write_file_atomic(path: Path, data: bytes, *, step_prefix: str | None = None
     fsync_dir(path.parent)
     if step_prefix:
         crash_point(step_prefix + ".done")
+
+
+def create_file(path: Path) -> int:
+    """Open a new (or emptied) file for writing; returns the fd."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    _powerloss_note_truncate(fd, 0)  # a new inode: its shadow starts empty
+    return fd
 
 
 def crash_point(step: str) -> None:

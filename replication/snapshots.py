@@ -120,7 +120,7 @@ def verify_snapshot_file(path: Path) -> None:
 def write_snapshot_file(path: Path, snap: SnapshotFile) -> None:
     """tmp, fsync, rename, directory fsync; crash points name each step for the kill tests."""
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = jr.create_file(tmp)
     try:
         for part in encode_file(snap):
             jr.write_all(fd, part)

@@ -45,6 +45,8 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
         self.round_syncs = 0
         self.round_sync_s_total = 0.0
         self.chunks_relabelled = 0
+        self.resends_absorbed = 0
+        self.entries_absorbed = 0
         self._wrap_poller(syncObj._poller)
         super().__init__(syncObj, selfNode, otherNodes)
 
@@ -74,6 +76,54 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
             return self._send_chunk(node, message)
         self._release_chunk(node)
         return bool(super().send(node, message))
+
+    # -- follower: absorb re-sent ranges (defect 9) ---------------------------------------------
+    def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+        if isinstance(message, dict) and message.get("type") == "append_entries":
+            message = self._absorb_resend(message)
+        super()._onMessageReceived(node, message)
+
+    def _absorb_resend(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Rewrite an append_entries whose entries we already hold into a pure append.
+
+        pysyncobj's follower deletes everything after prevLogIdx on every message (no conflict
+        check) and the leader re-sends in-flight ranges, so the logical log could shrink below
+        what this node already acknowledged; an election in that window can lose committed
+        entries. Raft only truncates on a conflict. When every entry of the message is already
+        in our log (same idx, term and bytes), we move prevLogIdx to our last entry, provided
+        that entry is of the sender's term: then our whole log is a prefix of the leader's
+        (Log Matching + one leader per term), nothing needs truncating, and pysyncobj's commit
+        rule min(leaderCommit, lastIndex) only covers the leader's entries.
+        """
+        entries = msg.get("entries")
+        if not entries or "transmission" in msg or msg.get("prevLogIdx") is None:
+            return msg
+        j = self._journal
+        if len(j) == 0:
+            return msg
+        first, last_entry = j[0][1], j[-1]
+        last = last_entry[1]
+        prev = msg["prevLogIdx"]
+        if not first <= prev <= last or j[prev - first][2] != msg["prevLogTerm"]:
+            return msg
+        matched = 0
+        for entry in entries:
+            if entry[1] > last or j[entry[1] - first] != tuple(entry):
+                break
+            matched += 1
+        if matched == 0:
+            return msg
+        if matched == len(entries):
+            if entries[-1][1] < last and last_entry[2] != msg["term"]:
+                return msg  # our tail may be stale: let pysyncobj truncate it
+            new_prev, rest = last_entry, []
+        else:
+            if entries[matched - 1][1] != last:
+                return msg  # a real conflict follows: pysyncobj truncates
+            new_prev, rest = entries[matched - 1], list(entries[matched:])
+        self.resends_absorbed += 1
+        self.entries_absorbed += matched
+        return {**msg, "prevLogIdx": new_prev[1], "prevLogTerm": new_prev[2], "entries": rest}
 
     # -- follower group commit ---------------------------------------------------------------
     def _release_acks(self) -> None:

@@ -111,6 +111,8 @@ def stats_of(node: DurabilityNode) -> dict[str, Any]:
         "rounds": transport.rounds,
         "round_sync_s_total": transport.round_sync_s_total,
         "chunks_relabelled": transport.chunks_relabelled,
+        "resends_absorbed": transport.resends_absorbed,
+        "entries_absorbed": transport.entries_absorbed,
         "commit": node.raftCommitIndex,
         "applied": node.raftLastApplied,
         "term": node.raftCurrentTerm,
@@ -172,7 +174,8 @@ def run_verify(node: DurabilityNode, box: StateBox, ns: argparse.Namespace) -> N
     else:
         raise SystemExit("barrier never committed")
     out = {"ids": list(box.ids), "stats": stats_of(node)}
-    Path(ns.out).write_text(json.dumps(out))
+    Path(ns.out + ".tmp").write_text(json.dumps(out))
+    os.replace(ns.out + ".tmp", ns.out)  # the test polls for the file: never show it half-written
 
 
 def main(argv: list[str]) -> None:

@@ -1,0 +1,98 @@
+"""Durability of the hardened pysyncobj with real node processes (tests/support/durability_node).
+
+* kill -9 of every node, restart: every acknowledged entry is on every node.
+* power loss: every node loses whatever it had not fsync'd, and the ex-leader's disk is gone
+  for good; the two followers alone still hold every acknowledged entry (this is what proves
+  the follower's fsync before its ack, not only the leader's).
+* a partitioned leader steps down after ~2 election timeouts (leaderFallbackTimeout).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from replication.journal import POWERLOSS_DIR_ENV
+from tests.support.cluster import wait_until
+from tests.support.durability_cluster import DCluster, rebuild_from_shadow, wait_acks
+
+pytestmark = pytest.mark.integration
+
+COMPACT = {"logCompactionMinEntries": 800}  # snapshots and compactions happen during the runs
+
+
+def all_acks(cluster: DCluster) -> set[str]:
+    return {a for n in cluster.nodes for a in n.acks()}
+
+
+def test_kill9_of_all_nodes_then_restart_keeps_every_acked_entry(tmp_path: Path) -> None:
+    cluster = DCluster(tmp_path, 3, conf=COMPACT)
+    try:
+        cluster.start_all("write", "--window", "40")
+        wait_acks(cluster.nodes, 4000)
+        for node in cluster.nodes:
+            os.kill(node.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        cluster.kill_all()
+        acked = all_acks(cluster)
+        applied = cluster.verify_all()
+        for node_id, ids in applied.items():
+            missing = acked - ids
+            assert not missing, f"{node_id} lost {len(missing)} acked entries, e.g. {sorted(missing)[:5]}"
+        assert len(acked) >= 4000
+    finally:
+        cluster.kill_all()
+
+
+def test_power_loss_keeps_every_acked_entry_on_the_surviving_majority(tmp_path: Path) -> None:
+    cluster = DCluster(tmp_path, 3, conf=COMPACT)
+    shadows = {n.node_id: tmp_path / f"shadow-{n.node_id}" for n in cluster.nodes}
+    try:
+        for node in cluster.nodes:
+            shadows[node.node_id].mkdir()
+            env = {POWERLOSS_DIR_ENV: str(shadows[node.node_id])}
+            cluster.start(node, "write", "--window", "40", env=env)
+        wait_acks(cluster.nodes, 3000)
+        leader = wait_until(cluster.leader, what="a leader in the stats")
+        for node in cluster.nodes:
+            os.kill(node.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        cluster.kill_all()
+        acked = all_acks(cluster)
+        followers = [n for n in cluster.nodes if n is not leader]
+        before = {n.node_id: (n.data / "raft.journal").stat().st_size for n in followers}
+        for node in followers:
+            rebuild_from_shadow(node.data, shadows[node.node_id])
+        after = {n.node_id: (n.data / "raft.journal").stat().st_size for n in followers}
+        print("journal bytes before/after power loss:", before, after)
+        cluster.nodes = followers  # the ex-leader's machine is gone for good
+        applied = cluster.verify_all()
+        for node_id, ids in applied.items():
+            missing = acked - ids
+            assert not missing, f"{node_id} lost {len(missing)} acked entries after power loss"
+    finally:
+        cluster.kill_all()
+
+
+def test_partitioned_leader_steps_down_within_two_election_timeouts(tmp_path: Path) -> None:
+    cluster = DCluster(tmp_path, 3)
+    stopped: list[int] = []
+    try:
+        cluster.start_all("idle")
+        leader = wait_until(cluster.leader, what="a leader")
+        for node in cluster.nodes:
+            if node is not leader:
+                os.kill(node.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+                stopped.append(node.proc.pid)  # type: ignore[union-attr]
+        start = time.monotonic()
+        wait_until(lambda: leader.stats() and not leader.stats()["leader"],  # type: ignore[index]
+                   timeout_s=8, interval_s=0.05, what="the isolated leader to step down")
+        took_s = time.monotonic() - start
+        print(f"isolated leader stepped down after {took_s:.2f} s")
+        assert took_s < 6, "leaderFallbackTimeout should be ~2.8 s, not pysyncobj's 30 s"
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        cluster.kill_all()

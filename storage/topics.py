@@ -47,6 +47,7 @@ from storage.limits import Limits
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")
 DURABILITIES = ("fsync", "memory")
 INT_VALUE_MAX = 2**53  # every count/size/age in a config stays exact in JSON
+_MESSAGE_KEYS = frozenset(("body", "headers", "key"))  # membership tests only
 _COMPACT_MIN = 1024  # dead list slots before a partition log is compacted
 
 Result = dict[str, Any]
@@ -151,7 +152,8 @@ def validate_topic_messages(raw: Any, limits: TopicLimits | None = None) -> list
 def _validate_message(msg: Any, i: int, lim: TopicLimits) -> dict[str, Any]:
     if not isinstance(msg, dict):
         raise BrokerError("invalid_request", f"messages[{i}] must be an object")
-    _no_unknown(msg, ("body", "headers", "key"), f"messages[{i}]")
+    if not _MESSAGE_KEYS.issuperset(msg):
+        _no_unknown(msg, tuple(sorted(_MESSAGE_KEYS)), f"messages[{i}]")
     body = msg.get("body")
     if isinstance(body, str):
         body = body.encode()
@@ -166,13 +168,14 @@ def _validate_message(msg: Any, i: int, lim: TopicLimits) -> dict[str, Any]:
         raise BrokerError(
             "invalid_request", f"messages[{i}].key must be a string of <= {lim.key_bytes_max} bytes"
         )
-    headers = validate_headers(
-        msg.get("headers") or {},
-        lim.headers_max,
-        lim.header_key_bytes_max,
-        lim.header_value_bytes_max,
-    )
-    return {"body": body, "headers": headers, "key": key}
+    headers = msg.get("headers")
+    if headers:
+        headers = validate_headers(
+            headers, lim.headers_max, lim.header_key_bytes_max, lim.header_value_bytes_max
+        )
+    elif headers is not None and not isinstance(headers, dict):
+        raise BrokerError("invalid_request", f"messages[{i}].headers must be an object")
+    return {"body": body, "headers": headers or {}, "key": key}
 
 
 def partition_for_key(key: str, partitions: int) -> int:
@@ -195,34 +198,40 @@ class Entry(NamedTuple):
 def entry_size(key: str | None, body: bytes, headers: dict[str, str]) -> int:
     """Bytes counted by retention.max_bytes: body + key + header keys and values (UTF-8)."""
     size = len(body) + (len(key.encode()) if key is not None else 0)
-    return size + sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
+    if headers:
+        size += sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
+    return size
 
 
 class Partition:
     """Offsets [low_watermark, high_watermark) live in entries[head:]."""
 
-    __slots__ = ("entries", "head", "low_watermark", "bytes", "timer_ms")
+    __slots__ = ("entries", "head", "low_watermark", "high_watermark", "bytes", "timer_ms")
 
     def __init__(self, low_watermark: int = 0) -> None:
         self.entries: list[Entry | None] = []
         self.head = 0
         self.low_watermark = low_watermark
+        self.high_watermark = low_watermark  # the next offset
         self.bytes = 0
         self.timer_ms: int | None = None  # due time of this partition's age-retention timer
 
     def __len__(self) -> int:
-        return len(self.entries) - self.head
-
-    @property
-    def high_watermark(self) -> int:
-        return self.low_watermark + len(self)
+        return self.high_watermark - self.low_watermark
 
     def append(self, entry: Entry) -> int:
         offset = self.high_watermark
         self.entries.append(entry)
+        self.high_watermark += 1
         self.bytes += entry.size_bytes
-        assert self.high_watermark == offset + 1
+        assert len(self.entries) - self.head == self.high_watermark - self.low_watermark
         return offset
+
+    def slice(self, start: int, stop: int) -> list[Entry | None]:
+        """Entries of offsets [start, stop), both within the watermarks."""
+        assert self.low_watermark <= start <= stop <= self.high_watermark, (start, stop)
+        i = self.head + start - self.low_watermark
+        return self.entries[i : i + stop - start]
 
     def oldest(self) -> Entry:
         entry = self.entries[self.head]
@@ -239,12 +248,6 @@ class Partition:
             del self.entries[: self.head]
             self.head = 0
         assert self.bytes >= 0
-        return entry
-
-    def get(self, offset: int) -> Entry:
-        assert self.low_watermark <= offset < self.high_watermark, offset
-        entry = self.entries[self.head + offset - self.low_watermark]
-        assert entry is not None
         return entry
 
     def first_offset_at(self, time_ms: int) -> int:
@@ -538,8 +541,9 @@ class Topics:
         stop = min(start + max_messages, part.high_watermark)
         messages: list[Result] = []
         size = 0
-        for off in range(start, stop):
-            entry = part.get(off)
+        entries = part.slice(start, stop) if start < stop else []
+        for off, entry in enumerate(entries, start):
+            assert entry is not None
             if messages and size + entry.size_bytes > self.limits.read_bytes_max:
                 break
             size += entry.size_bytes
@@ -691,7 +695,7 @@ def _decode_topic(row: list[Any], limits: TopicLimits) -> Topic:
     topic = Topic(validate_name(name, "topic"), int(uid), config)
     assert len(parts) == config["partitions"]
     for part, (low_watermark, entries) in zip(topic.partitions, parts, strict=True):
-        part.low_watermark = int(low_watermark)
+        part.low_watermark = part.high_watermark = int(low_watermark)
         for key, body, headers, published_at in entries:
             assert isinstance(body, bytes) and isinstance(headers, dict)
             part.append(

@@ -49,6 +49,7 @@ DURABILITIES = ("fsync", "memory")
 INT_VALUE_MAX = 2**53  # every count/size/age in a config stays exact in JSON
 _MESSAGE_KEYS = frozenset(("body", "headers", "key"))  # membership tests only
 _COMPACT_MIN = 1024  # dead list slots before a partition log is compacted
+_HEAP_SLACK = 1024  # stale age-timer entries tolerated before the heap is rebuilt
 
 Result = dict[str, Any]
 Route = tuple[str, dict[str, Any]]
@@ -288,6 +289,7 @@ class Topics:
         self.next_topic_uid = 1
         self.now_ms = 0
         self._age_heap: list[tuple[int, str, int, int]] = []  # (due_ms, topic, uid, partition)
+        self._timers_live = 0  # heap entries of existing partitions (the rest are stale)
 
     # -- commands
 
@@ -393,6 +395,10 @@ class Topics:
     def _delete(self, cmd: dict[str, Any]) -> Result:
         topic = self._topic(cmd)
         del self.topics[topic.name]  # its age timers go stale (uid check in advance)
+        self._timers_live -= sum(1 for part in topic.partitions if part.timer_ms is not None)
+        if len(self._age_heap) > 2 * self._timers_live + _HEAP_SLACK:
+            self._rebuild_age_heap()  # topic churn must not grow the heap without bound
+        assert 0 <= self._timers_live <= len(self._age_heap)
         return {"deleted": True}
 
     def _binding_create(self, cmd: dict[str, Any]) -> Result:
@@ -450,6 +456,7 @@ class Topics:
             if topic is None or topic.uid != uid:
                 continue  # the topic was deleted (or re-created) since
             topic.partitions[p].timer_ms = None
+            self._timers_live -= 1
             self._trim_age(topic, topic.partitions[p])
             self._schedule_age(topic, p)
 
@@ -465,7 +472,19 @@ class Topics:
             return
         due_ms = part.oldest().published_at + topic.max_age_ms
         part.timer_ms = due_ms
+        self._timers_live += 1
         heapq.heappush(self._age_heap, (due_ms, topic.name, topic.uid, p))
+
+    def _rebuild_age_heap(self) -> None:
+        """Drop the stale entries; live timers keep their due times (same behaviour)."""
+        self._age_heap = [
+            (part.timer_ms, topic.name, topic.uid, p)
+            for topic in self.topics.values()
+            for p, part in enumerate(topic.partitions)
+            if part.timer_ms is not None
+        ]
+        heapq.heapify(self._age_heap)
+        assert len(self._age_heap) == self._timers_live
 
     def _trim_size(self, topic: Topic, part: Partition) -> None:
         retention = topic.config["retention"]

@@ -353,6 +353,19 @@ def test_age_timers_of_a_deleted_topic_do_not_touch_a_new_one() -> None:
     assert bodies(t) == []
 
 
+def test_topic_churn_does_not_grow_the_age_heap() -> None:
+    t = Topics()
+    for i in range(3000):
+        create(t, "churn", now_ms=T0 + i, retention={"max_age_s": 3600})
+        publish(t, [{"body": b"x"}], "churn", T0 + i)
+        ok(t, {"op": "topic.delete", "topic": "churn"}, T0 + i)
+    assert len(t._age_heap) <= 1024 + 1
+    create(t, "kept", retention={"max_age_s": 1}, now_ms=T0 + 5000)
+    publish(t, [{"body": b"x"}], "kept", T0 + 5000)
+    t.advance(T0 + 6000)
+    assert bodies(t, name="kept") == []
+
+
 def test_age_expiry_cost_is_per_expired_message() -> None:
     """1,000 partitions with fresh messages: advancing time touches none of them."""
     t = Topics()

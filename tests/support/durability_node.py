@@ -31,6 +31,7 @@ import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, replicated
 
 from replication import hardening, patches
+from replication.transport import DurableTransport
 
 
 class StateBox:
@@ -79,6 +80,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def build(ns: argparse.Namespace) -> tuple[DurabilityNode, StateBox]:
+    if os.environ.get("RAFTMQ_TEST_STOCK_RESEND") == "1":  # sensitivity runs: stock behaviour
+        DurableTransport._absorb_resend = lambda self, msg: msg
     hardening.install_patches(secret=bytes.fromhex(ns.secret) if ns.secret else None)
     box = StateBox()
     peers = dict(item.split("=", 1) for item in ns.peer)

@@ -470,9 +470,16 @@ async def receive_worker(run: Run, worker: int, wait_s: float) -> None:
 
 
 async def topic_read_worker(run: Run, worker: int, budget: Budget) -> None:
-    """Replay one partition from offset 0, `batch` per request, until its end."""
+    """Replay partitions worker, worker + c, ... from offset 0, `batch` per request."""
+    for partition in range(worker, run.spec.partitions, run.spec.concurrency):
+        await read_partition(run, partition, budget)
+    if worker >= run.spec.partitions:  # more readers than partitions: read one again
+        await read_partition(run, worker % run.spec.partitions, budget)
+
+
+async def read_partition(run: Run, partition: int, budget: Budget) -> None:
     stats, codec = run.consumers, run.client.codec
-    url = f"{run.topic_url(worker)}/partitions/{worker % run.spec.partitions}/messages"
+    url = f"{run.topic_url(partition)}/partitions/{partition}/messages"
     offset = 0
     while budget.take():
         status, raw, latency_s = await timed(stats, run.client, "GET",

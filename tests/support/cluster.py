@@ -176,6 +176,17 @@ class Cluster:
                 wait_until(lambda n=n: _ready(n), timeout_s, what=f"{n.id} ready")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{n.id} log tail:\n{self.log_tail(n)}") from None
+        wait_until(self._one_leader_known_everywhere, timeout_s, what="every node knows the leader")
+
+    def _one_leader_known_everywhere(self) -> bool:
+        leaders = set()
+        for n in self.nodes:
+            if n.alive:
+                st = self.status(n)
+                if not st or not st.get("leader"):
+                    return False
+                leaders.add(st["leader"])
+        return len(leaders) == 1
 
     def leader(self, timeout_s: float = 30.0) -> Node:
         def find() -> Node | None:

@@ -49,6 +49,7 @@ DURABILITIES = ("fsync", "memory")
 INT_VALUE_MAX = 2**53  # every count/size/age in a config stays exact in JSON
 _MESSAGE_KEYS = frozenset(("body", "headers", "key"))  # membership tests only
 _COMPACT_MIN = 1024  # dead list slots before a partition log is compacted
+_MATCH_CACHE_MAX = 1024  # subscribe patterns whose matching topic names are cached
 _HEAP_SLACK = 1024  # stale age-timer entries tolerated before the heap is rebuilt
 
 Result = dict[str, Any]
@@ -290,6 +291,9 @@ class Topics:
         self.now_ms = 0
         self._age_heap: list[tuple[int, str, int, int]] = []  # (due_ms, topic, uid, partition)
         self._timers_live = 0  # heap entries of existing partitions (the rest are stale)
+        # derived, not replicated: live subscribes ask on every apply (O(topics) to compute)
+        self._names_version = 0  # bumped when a topic is created or deleted
+        self._match_cache: dict[str, tuple[int, list[str]]] = {}
 
     # -- commands
 
@@ -389,12 +393,14 @@ class Topics:
         if len(self.topics) >= self.limits.topics_max:
             raise BrokerError("invalid_request", f"topics_max ({self.limits.topics_max}) reached")
         self.topics[name] = Topic(name, self.next_topic_uid, config)
+        self._names_version += 1
         self.next_topic_uid += 1
         return {"topic": {"name": name, **config}, "created": True}
 
     def _delete(self, cmd: dict[str, Any]) -> Result:
         topic = self._topic(cmd)
         del self.topics[topic.name]  # its age timers go stale (uid check in advance)
+        self._names_version += 1
         self._timers_live -= sum(1 for part in topic.partitions if part.timer_ms is not None)
         if len(self._age_heap) > 2 * self._timers_live + _HEAP_SLACK:
             self._rebuild_age_heap()  # topic churn must not grow the heap without bound
@@ -609,7 +615,14 @@ class Topics:
 
     def matching_topics(self, pattern: str) -> list[str]:
         """Existing topics matching a subscribe pattern (new ones: use pattern_matches)."""
-        return [name for name in sorted(self.topics) if pattern_matches(pattern, name)]
+        cached = self._match_cache.get(pattern)
+        if cached is not None and cached[0] == self._names_version:
+            return list(cached[1])
+        found = [name for name in sorted(self.topics) if pattern_matches(pattern, name)]
+        if len(self._match_cache) >= _MATCH_CACHE_MAX:
+            self._match_cache.clear()
+        self._match_cache[pattern] = (self._names_version, found)
+        return list(found)
 
     # -- snapshot
 

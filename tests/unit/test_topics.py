@@ -602,6 +602,7 @@ def test_matching_topics() -> None:
     assert t.matching_topics("#.b") == ["a.b", "b.b"]
     assert t.matching_topics("#") == ["a", "a.b", "a.c", "b.b"]
     ok(t, {"op": "topic.delete", "topic": "a.b"})  # the cached answers follow the topics
+    assert t.matching_topics("a.*") == ["a.c"]
     create(t, "a.d")
     assert t.matching_topics("a.*") == ["a.c", "a.d"]
     assert t.matching_topics("#") == ["a", "a.c", "a.d", "b.b"]

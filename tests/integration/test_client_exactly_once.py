@@ -7,16 +7,21 @@ once, in order, whatever node dies (API.md "Exactly-once", docs/client.md).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 import raftmq
 from tests.support.cluster import REPO, Cluster, wait_until
@@ -24,12 +29,95 @@ from tests.support.cluster import REPO, Cluster, wait_until
 PUBLISH_TIMEOUT_S = 120.0   # one publish may wait out an election or a whole-cluster restart
 
 
+class DroppingProxies:
+    """One HTTP proxy per node that forwards every request but, for every `every`-th publish,
+    drops the connection after the node answered: applied, never acknowledged to the client."""
+
+    def __init__(self, cluster: Cluster, every: int) -> None:
+        self.cluster, self.every = cluster, every
+        self.publishes = 0
+        self.dropped = 0
+        self.urls: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runners: list[web.AppRunner] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    def start(self) -> DroppingProxies:
+        self._thread.start()
+        for node in self.cluster.nodes:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            self.urls.append(f"http://127.0.0.1:{sock.getsockname()[1]}")
+            asyncio.run_coroutine_threadsafe(self._serve(sock, node.url), self._loop).result(10)
+        return self
+
+    async def _serve(self, sock: socket.socket, backend: str) -> None:
+        async def forward(request: web.Request) -> web.StreamResponse:
+            return await self._forward(request, backend)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", forward)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        self._runners.append(runner)
+
+    async def _forward(self, request: web.Request, backend: str) -> web.StreamResponse:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "content-type"}
+        try:
+            async with self._session.request(request.method, backend + request.path_qs,
+                                             data=body, headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                raw = await resp.read()
+                status, ctype = resp.status, resp.content_type
+                retry_after = resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError):
+            return self._drop(request)  # the node died: the client sees a dropped connection
+        if request.method == "POST" and request.path.endswith("/messages") and status == 201:
+            self.publishes += 1
+            if self.publishes % self.every == 0:
+                self.dropped += 1
+                return self._drop(request)
+        extra = {"Retry-After": retry_after} if retry_after else None
+        return web.Response(body=raw, status=status, content_type=ctype, headers=extra)
+
+    def _drop(self, request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.abort()
+        return web.Response(status=500)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            for runner in self._runners:
+                await runner.cleanup()
+            if self._session is not None:
+                await self._session.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def proxies(cluster: Cluster) -> Iterator[DroppingProxies]:
+    p = DroppingProxies(cluster, every=7).start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
 class SeqPublisher(threading.Thread):
     """Publishes m00000..m{n-1} one request at a time through a client with a producer."""
 
-    def __init__(self, cluster: Cluster, queue: str, count: int) -> None:
+    def __init__(self, cluster: Cluster, queue: str, count: int,
+                 urls: list[str] | None = None) -> None:
         super().__init__(daemon=True)
-        self.urls = [n.url for n in cluster.nodes]
+        self.urls = urls or [n.url for n in cluster.nodes]
         self.queue, self.count = queue, count
         self.done = 0
         self.duplicates = 0
@@ -80,10 +168,11 @@ def kill_all_and_restart(cluster: Cluster) -> None:
     cluster.wait_ready()
 
 
-def run_with_faults(cluster: Cluster, count: int, faults: list[tuple[float, Any]]) -> None:
+def run_with_faults(cluster: Cluster, count: int, faults: list[tuple[float, Any]],
+                    urls: list[str] | None = None) -> SeqPublisher:
     with raftmq.Client([n.url for n in cluster.nodes]) as mq:
         mq.create_queue("eo")
-    pub = SeqPublisher(cluster, "eo", count)
+    pub = SeqPublisher(cluster, "eo", count, urls)
     pub.start()
     try:
         for fraction, fault in faults:
@@ -99,10 +188,20 @@ def run_with_faults(cluster: Cluster, count: int, faults: list[tuple[float, Any]
     assert len(got) == len(set(got)), f"duplicates: {len(got) - len(set(got))}"
     assert not set(expected) - set(got), f"lost: {sorted(set(expected) - set(got))[:10]}"
     assert got == expected, "every message exactly once and in publish order"
+    return pub
 
 
 def test_300_publishes_with_the_leader_killed_once(cluster: Cluster) -> None:
     run_with_faults(cluster, 300, [(0.3, kill_leader)])
+
+
+def test_answers_dropped_after_apply_are_retried_without_duplicates(
+        cluster: Cluster, proxies: DroppingProxies) -> None:
+    """Every 7th publish is applied but its answer is lost (and the leader dies once): the
+    client's retries with the same seq must be answered as duplicates, never applied twice."""
+    pub = run_with_faults(cluster, 300, [(0.5, kill_leader)], urls=proxies.urls)
+    assert proxies.dropped >= 30
+    assert pub.duplicates >= proxies.dropped - 2, "each dropped answer is retried as a duplicate"
 
 
 def test_2000_publishes_with_the_leader_killed_twice(cluster: Cluster) -> None:

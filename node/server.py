@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from node import http_cluster, http_queues, http_request, http_topics, openapi, ui
+from node import http_cluster, http_queues, http_request, http_topics, openapi, push, ui
 from node.app import CTX, NodeContext, error_middleware, header_middleware
 from node.config import ClusterConfig, split_addr
 from node.waiters import ApplyNotifier
@@ -30,6 +30,7 @@ def build_app(context: NodeContext) -> web.Application:
     app[CTX] = context
     http_cluster.setup_metrics(app, context)
     add_routes(app)
+    app.cleanup_ctx.append(push.push_worker_ctx)
     return app
 
 
@@ -39,6 +40,7 @@ def add_routes(app: web.Application) -> None:
     http_queues.setup(app)
     http_topics.setup(app)
     http_request.setup(app)
+    push.setup(app)
     openapi.setup(app)
     ui.setup(app)
 

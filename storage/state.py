@@ -29,10 +29,13 @@ class BrokerState:
         self.queues = Queues(limits)
         self.topics = Topics()
         self.producers = Producers(limits)
+        # webhook push subscriptions: queue -> {"url", "max_in_flight"} (node/push.py delivers)
+        self.push: dict[str, Result] = {}
         self.queues.on_delete = self._on_queue_deleted
 
     def _on_queue_deleted(self, name: str) -> None:
         self.topics.drop_bindings_for_queue(name)
+        self.push.pop(name, None)
 
     # ----- commands
     def apply(self, cmd: Any, now_ms: Any) -> Result:
@@ -124,6 +127,22 @@ class BrokerState:
         to = self._queue_name(cmd, "to")
         max_messages = validate.count(cmd.get("max_messages"), "max_messages", minimum=1)
         return self.queues.redrive(name, to, max_messages, self.now_ms)
+
+    def _q_push_set(self, cmd: Result) -> Result:
+        name = self._queue_name(cmd)
+        self.queues.get(name)
+        url = cmd.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise BrokerError("invalid_request", "url: an http:// or https:// URL is required")
+        max_in_flight = validate.count(cmd.get("max_in_flight"), "max_in_flight", minimum=1,
+                                       maximum=self.limits.receive_max_messages)
+        self.push[name] = {"url": url, "max_in_flight": max_in_flight}
+        return {"push": {"queue": name, **self.push[name]}}
+
+    def _q_push_delete(self, cmd: Result) -> Result:
+        name = self._queue_name(cmd)
+        self.queues.get(name)
+        return {"deleted": self.push.pop(name, None) is not None}
 
     # topic ops
     def _topic_op(self, cmd: Result) -> Result:
@@ -288,6 +307,7 @@ class BrokerState:
             return error_result("queue_not_found", f"queue: {name!r} does not exist")
         info = q.info(max(now_ms, self.now_ms))
         info["bindings"] = self.topics.list_bindings(name)
+        info["push"] = self.push.get(name)
         return info
 
     def ready_count(self, name: str, now_ms: int) -> int:
@@ -295,6 +315,9 @@ class BrokerState:
         if name not in self.queues.queues:
             return -1
         return self.queues.ready_count(name, now_ms)
+
+    def push_subscriptions(self) -> dict[str, Result]:
+        return {name: dict(sub) for name, sub in self.push.items()}
 
     def queue_depths(self) -> dict[str, dict[str, int]]:
         return self.queues.depths()
@@ -316,6 +339,7 @@ class BrokerState:
             "queues": self.queues.encode(),
             "topics": self.topics.encode(),
             "producers": self.producers.encode(),
+            "push": self.push,
         }
 
     @classmethod
@@ -327,6 +351,7 @@ class BrokerState:
         state.queues.on_delete = state._on_queue_deleted
         state.topics = Topics.decode(obj["topics"])
         state.producers = Producers.decode(obj["producers"], limits)
+        state.push = dict(obj.get("push", {}))
         return state
 
     def encode_snapshot(self) -> bytes:
@@ -353,6 +378,8 @@ _HANDLERS: dict[str, Callable[[BrokerState, Result], Result]] = {
     "queue.visibility": BrokerState._q_visibility,
     "queue.purge": BrokerState._q_purge,
     "queue.redrive": BrokerState._q_redrive,
+    "queue.push_set": BrokerState._q_push_set,
+    "queue.push_delete": BrokerState._q_push_delete,
     "topic.publish": BrokerState._topic_publish,
     "binding.create": BrokerState._binding_create,
     "producer.register": BrokerState._producer_register,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="odd seeds with 3 nodes, even seeds with 5")
     p_camp.add_argument("--out", type=Path, default=Path("chaos-out/campaign"))
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)  # so `finally` blocks clean up on SIGTERM too
     try:
         if args.cmd == "run":
             result = run(_config(args, args.seed, args.out, args.nodes))
@@ -64,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except NetnsUnavailable as exc:
         print(f"chaos: cannot run here: {exc}", file=sys.stderr)
         return 2
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def campaign(args: argparse.Namespace) -> int:

@@ -85,16 +85,19 @@ class QueueFacts:
     producer_order: dict[str, list[tuple[int, list[str]]]]
     deliveries: list[Delivery]
     ack_ok_ns: dict[str, int]  # receipt -> completion time of the first ok, non-stale ack
+    ack_unknown: set[str]  # receipts named by an ack whose outcome is unknown (info / no answer)
     release_ns: dict[str, int]  # receipt -> invoke time of the first nack of it
 
 
 def _queue_facts(ops: list[Op]) -> QueueFacts:
-    facts = QueueFacts({}, {}, set(), defaultdict(list), [], {}, {})
+    facts = QueueFacts({}, {}, set(), defaultdict(list), [], {}, set(), {})
     for inv, comp in pairs(ops):
         if inv["f"] == "publish":
             _publish_facts(facts, inv, comp)
         elif inv["f"] == "receive" and comp is not None and comp["type"] == OK:
             _receive_facts(facts, inv, comp)
+        elif inv["f"] == "ack" and (comp is None or comp["type"] == INFO):
+            facts.ack_unknown.update(inv["value"]["receipts"])
         elif inv["f"] == "ack" and comp is not None and comp["type"] == OK:
             stale = set(comp["value"].get("stale", []))
             for r in inv["value"]["receipts"]:
@@ -153,10 +156,10 @@ def check_queue(ops: list[Op]) -> dict[str, Any]:
 
 def _check_delivered_values(facts: QueueFacts, found: Anomalies) -> None:
     ids_by_value: dict[str, set[str]] = defaultdict(set)
-    acked_values: set[str] = set()
+    acked_values: set[str] = set()  # acked, or named by an ack whose outcome is unknown
     for d in facts.deliveries:
         ids_by_value[d.value].add(d.msg_id)
-        if d.receipt in facts.ack_ok_ns:
+        if d.receipt in facts.ack_ok_ns or d.receipt in facts.ack_unknown:
             acked_values.add(d.value)
     for v in sorted(ids_by_value):
         if v not in facts.attempts:

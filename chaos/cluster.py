@@ -44,6 +44,7 @@ class NodeProc:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     paused: bool = False
+    killed: bool = False  # down because the harness killed it
     starts: int = 0
     log_fh: IO[bytes] | None = None
 
@@ -105,6 +106,7 @@ class Cluster:
                                   stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         n.starts += 1
         n.paused = False
+        n.killed = False
 
     def start_all(self) -> None:
         for n in self.nodes:
@@ -121,6 +123,7 @@ class Cluster:
     def kill(self, index: int) -> None:
         """kill -9 (the whole process group), then reap it."""
         n = self.node(index)
+        n.killed = True
         self.signal(index, signal.SIGKILL)
         if n.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -42,7 +42,7 @@ FAULT_MIN_S = 4.0
 FAULT_MAX_S = 8.0
 QUIET_MIN_S = 3.0
 QUIET_MAX_S = 6.0
-REFUSE_WATCH_S = 5.0
+START_WATCH_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,15 @@ class Nemesis:
         for node in self.cluster.nodes:
             if node.paused:
                 self.cluster.resume(node.index)
-            if not node.running():
-                await asyncio.to_thread(self.cluster.start, node.index)
+            if node.running():
+                continue
+            if not node.killed:
+                self.history.nemesis("note", {"node_exited": node.node_id,
+                                              "code": self.cluster.exited(node.index)})
+            await asyncio.to_thread(self.cluster.start, node.index)
+            backup = node.data_dir.with_name(node.data_dir.name + ".before-corrupt")
+            if await self.watch_start(node.index) == "exited" and backup.exists():
+                await self._restore_refused([node.index])
 
     # -- fault kinds ------------------------------------------------------------------------
     async def _kill(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
@@ -256,13 +263,9 @@ class Nemesis:
 
     async def _restore_refused(self, idx: list[int]) -> list[str]:
         """A corrupted node may refuse to start (good); then give it back its old data."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + REFUSE_WATCH_S
-        while loop.time() < deadline and all(self.cluster.exited(i) is None for i in idx):
-            await asyncio.sleep(0.2)
         refused = []
         for i in idx:
-            if self.cluster.exited(i) is not None:
+            if await self.watch_start(i) == "exited":
                 node = self.cluster.node(i)
                 refused.append(node.node_id)
                 backup = node.data_dir.with_name(node.data_dir.name + ".before-corrupt")
@@ -270,6 +273,20 @@ class Nemesis:
                 shutil.copytree(backup, node.data_dir, symlinks=True)
                 await asyncio.to_thread(self.cluster.start, i)
         return refused
+
+    async def watch_start(self, index: int) -> str:
+        """After a start: "ready" (/readyz 200), "exited" (refused to start) or "slow"."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_WATCH_S
+        url = f"{self.cluster.node(index).http_url}/readyz"
+        while loop.time() < deadline:
+            if self.cluster.exited(index) is not None:
+                return "exited"
+            out = await self.http.call("GET", url, timeout_s=1.0)
+            if out.type == OK:
+                return "ready"
+            await asyncio.sleep(0.2)
+        return "slow"
 
     def _ids(self, idx: list[int]) -> list[str]:
         return [self.cluster.node(i).node_id for i in idx]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -45,6 +46,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         raise NetnsUnavailable(reason)
     cleanup_orphans()
     cfg.out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(cfg.out / "cluster", ignore_errors=True)  # a previous run's data dirs
     history = History()
     faults = schedule(cfg.faults, cfg.nodes, cfg.duration_s, cfg.seed)
     started = time.time()

@@ -68,6 +68,15 @@ def test_unacked_delivered_but_never_acked() -> None:
     only(check_queue(h.ops), "unacked")
 
 
+def test_ack_with_unknown_outcome_may_have_removed_the_message() -> None:
+    h = H().publish(["a"])
+    h.ack(h.receive([("a", 1, 1000)]), type_=INFO)
+    valid(check_queue(h.ops))
+    h = H().publish(["a"])
+    h.ack(h.receive([("a", 1, 1000)]), type_=FAIL)
+    only(check_queue(h.ops), "unacked")
+
+
 def test_stale_ack_does_not_count_as_ack() -> None:
     h = H().publish(["a"])
     r = h.receive([("a", 1, 1000)])

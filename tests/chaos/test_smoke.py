@@ -1,0 +1,69 @@
+"""The chaos smoke tier: short real runs through the CLI (root + network namespaces).
+
+Each run starts a 3-node cluster in its own namespaces, drives the queue workload through a
+seeded fault schedule, heals, drains and checks. The fault runs must be valid; the
+wipe-majority run destroys acknowledged data and must be reported invalid (exit 1), which
+proves the harness can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("netns_available")]
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_DURATION_S = 30
+RUN_TIMEOUT_S = 240
+
+
+def run_chaos(out: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    argv = [sys.executable, "-m", "chaos", "run", "--out", str(out), *args]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        stdout, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: the harness kills its nodes and removes its namespaces
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    assert (out / "report.json").exists(), stdout.decode(errors="replace")[-3000:]
+    return proc.returncode, json.loads((out / "report.json").read_text())
+
+
+def bad_classes(report: dict[str, Any]) -> dict[str, int]:
+    return {c: n for c, n in report["anomaly_counts"].items() if n}
+
+
+@pytest.mark.parametrize(("faults", "seed"), [("kill", 11), ("pause", 12), ("partition", 13)])
+def test_fault_run_loses_nothing(tmp_path: Path, faults: str, seed: int) -> None:
+    rc, report = run_chaos(tmp_path, "--duration", str(RUN_DURATION_S), "--faults", faults,
+                           "--seed", str(seed))
+    assert bad_classes(report) == {}, json.dumps(report["queue"]["anomalies"])[:3000]
+    assert report["phases"].get("drained") is True, report["phases"]
+    assert rc == 0
+    assert report["valid"] is True
+    assert report["queue"]["stats"]["publish_acked"] >= 200  # the workload really ran
+    windows = report["availability"]["faults"]
+    assert len(windows) >= 2 and all(w["fault"].startswith(faults) for w in windows)
+    assert report["availability"]["heals_without_later_write"] == 0
+    assert (tmp_path / "report.html").read_text().count("<rect") >= len(windows)
+
+
+def test_wipe_majority_is_reported_invalid(tmp_path: Path) -> None:
+    rc, report = run_chaos(tmp_path, "--duration", "20", "--faults", "wipe-majority",
+                           "--seed", "3")
+    assert rc == 1
+    assert report["valid"] is False
+    assert report["schedule"] and report["schedule"][0]["kind"] == "wipe-majority"
+    bad = bad_classes(report)
+    assert bad.get("lost", 0) + bad.get("duplicated", 0) + bad.get("divergent", 0) > 0, bad

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
-from storage.state import BrokerState
 
 from node.codec import respond
 from node.config import ClusterConfig, NodeSpec
@@ -22,6 +22,7 @@ from node.waiters import ApplyNotifier
 from replication import ProposalError, Replica
 from storage.errors import KINDS, BrokerError, is_error
 from storage.limits import Limits
+from storage.state import BrokerState
 
 log = logging.getLogger("raftmq.node")
 T = TypeVar("T")
@@ -119,15 +120,32 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(request, "internal_error", "internal error (logged on the node)")
 
 
+REQUEST_ID_CHARS_MAX = 128
+GZIP_BODY_BYTES_MIN = 1024  # smaller answers are not worth compressing
+
+
 @web.middleware
 async def header_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """X-Raftmq-Node / X-Raftmq-Leader / X-Request-Id on every answer, and gzip for large
+    answers when the client accepts it. (Gzip'd request bodies are inflated by aiohttp.)"""
+    request_id = request.headers.get("X-Request-Id", "")[:REQUEST_ID_CHARS_MAX]
+    if not request_id:
+        request_id = uuid.uuid4().hex[:16]
     response = await handler(request)
     context = request.app[CTX]
     if not response.prepared:
         response.headers["X-Raftmq-Node"] = context.node.id
+        response.headers["X-Request-Id"] = request_id
         leader = context.replica.status().leader_id
         if leader:
             response.headers["X-Raftmq-Leader"] = leader
+        body = getattr(response, "body", None)
+        if (isinstance(body, bytes) and len(body) >= GZIP_BODY_BYTES_MIN
+                and "gzip" in request.headers.get("Accept-Encoding", "")):
+            response.enable_compression(web.ContentCoding.gzip)
+    if response.status >= 500:
+        log.warning("event=http_error request_id=%s method=%s path=%s status=%s node=%s",
+                    request_id, request.method, request.path, response.status, context.node.id)
     return response
 
 

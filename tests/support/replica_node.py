@@ -136,7 +136,18 @@ def build_app(replica: Replica) -> web.Application:
         snap = replica.read(lambda s: s.inner.encode_snapshot())
         return _pack({"crc32": zlib.crc32(snap), "bytes": len(snap)})
 
+    listener_calls = [0]
+
+    def on_applied() -> None:
+        listener_calls[0] += 1
+
+    replica.add_apply_listener(on_applied)
+
+    async def listener(request: web.Request) -> web.Response:
+        return _pack({"calls": listener_calls[0]})
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_get("/listener", listener)
     app.router.add_get("/queue_info", queue_info)
     app.router.add_get("/digest", digest)
     app.router.add_post("/propose", propose)

@@ -88,7 +88,7 @@ class FakeNode:
         r.add_get("/v1/topics/{t}/partitions/{p}/messages", self.read_topic)
         r.add_post("/v1/transactions", self.transaction)
         r.add_get("/v1/cluster", self.cluster)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.2)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
 

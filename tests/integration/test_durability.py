@@ -41,7 +41,7 @@ def test_kill9_of_all_nodes_then_restart_keeps_every_acked_entry(tmp_path: Path)
         applied = cluster.verify_all()
         for node_id, ids in applied.items():
             missing = acked - ids
-            assert not missing, f"{node_id} lost {len(missing)} acked entries, e.g. {sorted(missing)[:5]}"
+            assert not missing, f"{node_id} lost {len(missing)}: {sorted(missing)[:5]}"
         assert len(acked) >= 4000
     finally:
         cluster.kill_all()

@@ -66,10 +66,12 @@ class DNode:
 
 
 class DCluster:
-    def __init__(self, root: Path, size: int, *, secret: str = "", conf: dict[str, Any] | None = None):
+    def __init__(
+        self, root: Path, size: int, *, secret: str = "", conf: dict[str, Any] | None = None
+    ) -> None:
         ports = free_ports(size)
         self.nodes = [
-            DNode(f"n{i + 1}", f"127.0.0.1:{port}", root / f"n{i + 1}") for i, port in enumerate(ports)
+            DNode(f"n{i + 1}", f"127.0.0.1:{p}", root / f"n{i + 1}") for i, p in enumerate(ports)
         ]
         self.secret = secret
         self.conf = conf or {}
@@ -118,9 +120,10 @@ class DCluster:
                 return node
         return None
 
-    def verify_all(self, timeout_s: float = 60) -> dict[str, set[str]]:
+    def verify_all(self, timeout_s: float = 60, env: dict[str, str] | None = None
+                   ) -> dict[str, set[str]]:
         """Start every node in verify mode; return the ids each one applied."""
-        self.start_all("verify")
+        self.start_all("verify", env=env)
         wait_until(lambda: all(n.out_file.exists() for n in self.nodes), timeout_s=timeout_s,
                    what="every node to commit its barrier and write its state")
         result = {n.node_id: set(json.loads(n.out_file.read_text())["ids"]) for n in self.nodes}

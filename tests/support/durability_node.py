@@ -31,6 +31,7 @@ import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, replicated
 
 from replication import hardening, patches
+from replication.journal import DurableJournal
 from replication.transport import DurableTransport
 
 
@@ -82,6 +83,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def build(ns: argparse.Namespace) -> tuple[DurabilityNode, StateBox]:
     if os.environ.get("RAFTMQ_TEST_STOCK_RESEND") == "1":  # sensitivity runs: stock behaviour
         DurableTransport._absorb_resend = lambda self, msg: msg
+    if os.environ.get("RAFTMQ_TEST_STOCK_CLEAR") == "1":  # sensitivity runs: stock clear()
+        DurableJournal._finish_clear = lambda self, prev, last: (
+            setattr(self, "_clear_pending", None) or self._rewrite([prev, last], 2)
+        )
     hardening.install_patches(secret=bytes.fromhex(ns.secret) if ns.secret else None)
     box = StateBox()
     peers = dict(item.split("=", 1) for item in ns.peer)

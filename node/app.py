@@ -102,9 +102,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(request, exc.code, exc.message, **exc.details)
     except ProposalError as exc:
         return error_response(request, exc.code, str(exc))
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[CTX].limits.request_bytes_max
         return error_response(request, "request_too_large",
-                              f"request body larger than {exc.max_size} bytes")
+                              f"request body larger than request_bytes_max ({limit} bytes)")
     except web.HTTPNotFound:
         return error_response(request, "not_found", f"no route for {request.path}")
     except web.HTTPMethodNotAllowed as exc:
@@ -143,7 +144,7 @@ async def header_middleware(request: web.Request, handler: Handler) -> web.Strea
         if (isinstance(body, bytes) and len(body) >= GZIP_BODY_BYTES_MIN
                 and "gzip" in request.headers.get("Accept-Encoding", "")):
             response.enable_compression(web.ContentCoding.gzip)
-    if response.status >= 500:
+    if response.status >= 500 and request.path != "/readyz":
         log.warning("event=http_error request_id=%s method=%s path=%s status=%s node=%s",
                     request_id, request.method, request.path, response.status, context.node.id)
     return response

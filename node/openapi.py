@@ -40,8 +40,9 @@ TOPIC_CONFIG = {"type": "object", "properties": {
         "max_messages": {"type": "integer"}, "max_bytes": {"type": "integer"},
         "max_age_s": {"type": "integer"}}},
     "durability": {"enum": ["fsync", "memory"]}}}
-RECEIPTS = {"type": "object", "required": ["receipts"],
-            "properties": {"receipts": {"type": "array", "items": {"type": "string"}}}}
+RECEIPT_LIST: dict[str, Any] = {"receipts": {"type": "array", "items": {"type": "string"}}}
+RECEIPTS: dict[str, Any] = {"type": "object", "required": ["receipts"],
+                            "properties": RECEIPT_LIST}
 ERROR = {"type": "object", "properties": {"error": {"type": "object", "required": [
     "code", "message", "retryable"], "properties": {
     "code": {"type": "string"}, "message": {"type": "string"}, "retryable": {"type": "boolean"}}}}}
@@ -76,10 +77,10 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, int, list[str]]] = [
          visibility_timeout_s={"type": "number"}, ack={"enum": ["manual", "auto"]}), 200, []),
     ("POST", "/v1/queues/{queue}/ack", "Ack deliveries by receipt", RECEIPTS, 200, []),
     ("POST", "/v1/queues/{queue}/nack", "Make deliveries ready again after delay_s",
-     {**RECEIPTS, "properties": {**RECEIPTS["properties"], "delay_s": {"type": "number"}}},
+     {**RECEIPTS, "properties": {**RECEIPT_LIST, "delay_s": {"type": "number"}}},
      200, []),
     ("POST", "/v1/queues/{queue}/visibility", "Change the in-flight time of deliveries",
-     {**RECEIPTS, "properties": {**RECEIPTS["properties"], "timeout_s": {"type": "number"}}},
+     {**RECEIPTS, "properties": {**RECEIPT_LIST, "timeout_s": {"type": "number"}}},
      200, []),
     ("POST", "/v1/queues/{queue}/purge", "Remove every ready message", None, 200, []),
     ("POST", "/v1/queues/{queue}/redrive", "Move messages to another queue",

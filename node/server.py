@@ -15,6 +15,7 @@ from node.config import ClusterConfig, split_addr
 from node.waiters import ApplyNotifier
 from replication import Replica, ReplicaConfig
 from storage.limits import Limits
+from storage.state import BrokerState
 
 log = logging.getLogger("raftmq.node")
 
@@ -57,14 +58,18 @@ def limits_from(cluster: ClusterConfig) -> Limits:
 async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path) -> None:
     spec = cluster.node(node_id)
     data_dir.mkdir(parents=True, exist_ok=True)
-    replica = await Replica.start(ReplicaConfig(
-        node_id=spec.id, raft_addr=spec.raft,
-        peers={n.id: n.raft for n in cluster.nodes if n.id != spec.id},
-        data_dir=data_dir, secret=cluster.raft_secret, raft_conf=dict(cluster.raft)))
+    limits = limits_from(cluster)
+    replica = await Replica.start(
+        ReplicaConfig(node_id=spec.id, raft_addr=spec.raft,
+                      peers={n.id: n.raft for n in cluster.nodes if n.id != spec.id},
+                      data_dir=data_dir, secret=cluster.raft_secret,
+                      raft_conf=dict(cluster.raft)),
+        state_factory=lambda: BrokerState(limits),
+        state_decoder=lambda data: BrokerState.decode_snapshot(data, limits))
     notifier = ApplyNotifier(LONG_POLLS_MAX)
     replica.add_apply_listener(notifier.fire)
-    context = NodeContext(cluster=cluster, node=spec, replica=replica,
-                          limits=limits_from(cluster), notifier=notifier)
+    context = NodeContext(cluster=cluster, node=spec, replica=replica, limits=limits,
+                          notifier=notifier)
     runner = web.AppRunner(build_app(context), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
     host, port = split_addr(spec.http)

@@ -3,6 +3,10 @@
 "use strict";
 
 const REFRESH_MS = 2000;
+// A refresh that takes long (thousands of queues) stretches the interval, so that an open
+// console keeps its share of a node's time under about 1/REFRESH_BACKOFF_FACTOR.
+const REFRESH_BACKOFF_FACTOR = 10;
+const REFRESH_MAX_MS = 60000;
 const REQUEST_TIMEOUT_MS = 5000;
 const REDRIVE_MAX_DEFAULT = 100;
 const REDRIVE_MAX = 1000;            // the node's batch_messages_max default
@@ -265,6 +269,7 @@ async function loop() {
   if (state.running) { state.again = true; return; }
   clearTimeout(state.timer);
   state.running = true;
+  const started = performance.now();
   try {
     if (!state.paused) await refresh();
   } catch (e) {
@@ -273,7 +278,15 @@ async function loop() {
     state.running = false;
   }
   if (state.again) { state.again = false; loop(); return; }
-  state.timer = setTimeout(loop, REFRESH_MS);
+  state.timer = setTimeout(loop, nextDelayMs(performance.now() - started));
+}
+
+function nextDelayMs(tookMs) {
+  const delay = Math.min(REFRESH_MAX_MS, Math.max(REFRESH_MS, tookMs * REFRESH_BACKOFF_FACTOR));
+  if (delay > REFRESH_MS && !state.paused) {
+    $("refresh-state").textContent += ` (next in ${(delay / 1000).toFixed(0)} s: slow answers)`;
+  }
+  return delay;
 }
 
 function refreshNow() { loop(); }

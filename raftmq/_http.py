@@ -7,8 +7,9 @@ Each attempt ends in one of four ways:
 * outcome unknown (504 `commit_timeout`, a dropped connection or a read timeout after sending):
   retried only when the caller says a retry is safe (`retry_unknown`: reads, idempotent writes,
   publishes that carry a producer seq). Every other answer is raised as a typed error.
-Retries back off exponentially with jitter, honour `Retry-After`, move to the next URL and stop
-at the call's deadline or after `retries` retries (whichever first).
+Retries back off exponentially with jitter, move to the next URL, wait for that node's own
+`Retry-After` if it sent one, and stop at the call's deadline or after `retries` retries
+(whichever first).
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Transport:
             self._headers["Authorization"] = f"Bearer {token}"
         self._session: aiohttp.ClientSession | None = None
         self._preferred = 0
+        self._not_before: dict[int, float] = {}   # url index -> monotonic time (Retry-After)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -148,7 +150,9 @@ class Transport:
                                               retry_unknown, extra_wait_s)
             if retry_after is None:
                 return state.answer, state.unknown
-            await self._before_retry(state, max_retries, retry_after)
+            if retry_after > 0:
+                self._not_before[index] = time.monotonic() + retry_after
+            await self._before_retry(state, max_retries)
 
     async def _attempt(self, state: _Attempts, index: int, method: str, path: str,
                        payload: bytes | None, ctype: str | None, params: dict[str, str] | None,
@@ -183,9 +187,13 @@ class Transport:
             return _retry_after_s(headers.get("Retry-After"))
         raise err
 
-    async def _before_retry(self, state: _Attempts, max_retries: int, retry_after_s: float) -> None:
-        delay_s = max(self.policy.backoff_s(state.retry), retry_after_s)
-        remaining_s = state.deadline - time.monotonic()
+    async def _before_retry(self, state: _Attempts, max_retries: int) -> None:
+        """Back off before the next node. A node's Retry-After holds for that node only, so a
+        503 from one node moves on to the next at once (after the back-off)."""
+        now = time.monotonic()
+        following = (self._preferred + state.retry + 1) % len(self.urls)
+        delay_s = max(self.policy.backoff_s(state.retry), self._not_before.get(following, 0) - now)
+        remaining_s = state.deadline - now
         last = state.last
         assert isinstance(last, RaftmqError), last
         if state.retry >= max_retries or delay_s >= remaining_s:

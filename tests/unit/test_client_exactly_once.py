@@ -82,6 +82,19 @@ def test_503_is_retried_on_the_next_url_honouring_retry_after(fake: FakeNode) ->
     assert fake.bodies("q") == ["x"]
 
 
+def test_retry_after_holds_for_its_node_only(fake: FakeNode) -> None:
+    other = FakeNode("f2").start()
+    try:
+        fake.faults.unavailable = 1
+        fake.faults.retry_after_s = "5"
+        with client([fake.url, other.url]) as mq:
+            start = time.monotonic()
+            assert mq.cluster_status()["node"] == "f2"
+            assert time.monotonic() - start < 2.0, "the next node is tried without waiting 5 s"
+    finally:
+        other.stop()
+
+
 def test_dead_first_url_fails_over_to_the_next(fake: FakeNode) -> None:
     with client([dead_url(), fake.url]) as mq:
         mq.create_queue("q")

@@ -294,6 +294,9 @@ class FakeNode:
         return await self._producer_publish(request, apply)
 
     async def cluster(self, request: web.Request) -> web.Response:
+        down = self._unavailable()
+        if down is not None:
+            return down
         return web.json_response({
             "cluster": "fake", "node": self.name, "leader": self.name, "term": 3,
             "commit_index": 10, "applied_index": 10,

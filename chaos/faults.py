@@ -25,6 +25,7 @@ from typing import Any
 from chaos.client import Http
 from chaos.cluster import Cluster
 from chaos.history import OK, History
+from chaos.lazyfs import LazyMounts
 from chaos.netns import CLIENT_ADDRESS, Network, node_address
 
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -90,7 +91,7 @@ class Nemesis:
     history: History
     seed: int
     active: dict[int, dict[str, Any]] = field(default_factory=dict)
-    lazyfs: Any = None  # chaos.lazyfs.LazyMounts when power loss is available
+    lazyfs: LazyMounts | None = None  # set when the data dirs are lazy FUSE mounts
 
     @property
     def n(self) -> int:
@@ -230,10 +231,10 @@ class Nemesis:
         idx = self._minority(rng, 1) if fault.kind == "power-one" else list(range(1, self.n + 1))
         for i in idx:
             await asyncio.to_thread(self.cluster.kill, i)
-            if self.lazyfs is not None:
+            lost = self.lazyfs is not None and i in self.lazyfs.mounts
+            if self.lazyfs is not None and lost:
                 await asyncio.to_thread(self.lazyfs.lose_unsynced, i)
-        return {"targets": self._ids(idx), "restart": idx,
-                "lost_unsynced": self.lazyfs is not None}
+        return {"targets": self._ids(idx), "restart": idx, "lost_unsynced": lost}
 
     async def _wipe(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
         everyone = list(range(1, self.n + 1))
@@ -241,9 +242,7 @@ class Nemesis:
         for i in everyone:
             await asyncio.to_thread(self.cluster.kill, i)
         for i in majority:
-            data = self.cluster.node(i).data_dir
-            shutil.rmtree(data, ignore_errors=True)
-            data.mkdir(parents=True)
+            clear_dir(self.cluster.node(i).data_dir)
             await asyncio.to_thread(self.cluster.start, i)
         rest = [i for i in everyone if i not in majority]
         return {"targets": self._ids(majority), "restart": rest}
@@ -269,8 +268,8 @@ class Nemesis:
                 node = self.cluster.node(i)
                 refused.append(node.node_id)
                 backup = node.data_dir.with_name(node.data_dir.name + ".before-corrupt")
-                shutil.rmtree(node.data_dir, ignore_errors=True)
-                shutil.copytree(backup, node.data_dir, symlinks=True)
+                clear_dir(node.data_dir)
+                shutil.copytree(backup, node.data_dir, symlinks=True, dirs_exist_ok=True)
                 await asyncio.to_thread(self.cluster.start, i)
         return refused
 
@@ -290,6 +289,16 @@ class Nemesis:
 
     def _ids(self, idx: list[int]) -> list[str]:
         return [self.cluster.node(i).node_id for i in idx]
+
+
+def clear_dir(path: Path) -> None:
+    """Remove everything inside `path` but keep `path` (it may be a mount point)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _cut(side_a: list[int], side_b: list[int]) -> dict[int, set[str]]:

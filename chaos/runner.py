@@ -18,6 +18,8 @@ from chaos.client import Http
 from chaos.cluster import Cluster, default_node_cmd
 from chaos.faults import Fault, Nemesis, schedule
 from chaos.history import OK, History
+from chaos.lazyfs import LazyMounts
+from chaos.lazyfs import unavailable_reason as lazyfs_unavailable
 from chaos.netns import NetnsUnavailable, Network, cleanup_orphans, enter_netns, unavailable_reason
 from chaos.workload import Target, Workload, WorkloadConfig
 
@@ -41,22 +43,30 @@ class RunConfig:
 
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Run once; returns the report dict (also written to cfg.out). Raises NetnsUnavailable."""
+    faults = schedule(cfg.faults, cfg.nodes, cfg.duration_s, cfg.seed)
     reason = unavailable_reason()
+    if not reason and any(f.kind.startswith("power") for f in faults):
+        reason = lazyfs_unavailable()
     if reason:
         raise NetnsUnavailable(reason)
     cleanup_orphans()
     cfg.out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(cfg.out / "cluster", ignore_errors=True)  # a previous run's data dirs
     history = History()
-    faults = schedule(cfg.faults, cfg.nodes, cfg.duration_s, cfg.seed)
     started = time.time()
+    mounts = LazyMounts()
     with Network(cfg.nodes) as net:
         cluster = Cluster(net, cfg.out / "cluster", node_cmd=cfg.node_cmd)
         try:
+            if any(f.kind.startswith("power") for f in faults):
+                for node in cluster.nodes:
+                    mounts.add(node.index, node.data_dir, cfg.out / f"lazyfs-{node.node_id}.log")
             cluster.start_all()
-            phases = in_netns(net.client_ns, lambda: _main(cfg, cluster, net, history, faults))
+            phases = in_netns(net.client_ns,
+                              lambda: _main(cfg, cluster, net, history, faults, mounts))
         finally:
             cluster.stop_all()
+            mounts.unmount_all()
     history.dump(cfg.out / "history.jsonl")
     result = _judge(cfg, history, faults, phases, started)
     report.write(cfg.out, result, history.ops)
@@ -84,12 +94,12 @@ def in_netns(ns: str, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 async def _main(cfg: RunConfig, cluster: Cluster, net: Network, history: History,
-                faults: list[Fault]) -> dict[str, Any]:
+                faults: list[Fault], mounts: LazyMounts) -> dict[str, Any]:
     http = Http()
     try:
         targets = [Target(n.node_id, n.http_url) for n in cluster.nodes]
         wl = Workload(http, history, targets, cfg.wl, cfg.seed)
-        nemesis = Nemesis(cluster, net, http, history, cfg.seed)
+        nemesis = Nemesis(cluster, net, http, history, cfg.seed, lazyfs=mounts)
         phases: dict[str, Any] = {}
         phases["ready_s"] = await wait_ready(http, targets, READY_TIMEOUT_S)
         if phases["ready_s"] is None:

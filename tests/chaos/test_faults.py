@@ -1,0 +1,61 @@
+"""Fault schedules and file corruption (no root needed)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from chaos.faults import FAMILIES, _cut, _ring, corrupt_one_file, kinds_for, schedule
+from chaos.netns import node_address
+
+
+def test_schedule_is_seeded_and_ends_before_the_run() -> None:
+    a = schedule(["kill", "pause", "partition"], 3, 60, seed=5)
+    assert a == schedule(["kill", "pause", "partition"], 3, 60, seed=5)
+    assert a != schedule(["kill", "pause", "partition"], 3, 60, seed=6)
+    assert len(a) >= 4
+    for f in a:
+        assert f.start_s + f.duration_s <= 60 - 3
+    for prev, nxt in zip(a, a[1:], strict=False):
+        assert nxt.start_s > prev.start_s + prev.duration_s  # one fault at a time
+
+
+def test_kinds_expand_families_and_reject_unknown() -> None:
+    assert kinds_for(["kill"], 3) == list(FAMILIES["kill"])
+    assert "partition-ring" not in kinds_for(["partition"], 3)
+    assert "partition-ring" in kinds_for(["partition"], 5)
+    assert kinds_for(["kill-leader"], 3) == ["kill-leader"]
+    with pytest.raises(ValueError, match="unknown fault"):
+        kinds_for(["meteor"], 3)
+
+
+def test_cut_and_ring_grudges() -> None:
+    grudge = _cut([1], [2, 3])
+    assert grudge == {1: {node_address(2), node_address(3)}, 2: {node_address(1)},
+                      3: {node_address(1)}}
+    ring = _ring([1, 2, 3, 4, 5])
+    for node, blocked in ring.items():
+        assert len(blocked) == 2  # hears itself and two neighbours: a majority of 5
+        assert node_address(node) not in blocked
+
+
+def test_corrupt_one_file_truncates_or_flips(tmp_path: Path) -> None:
+    modes = set()
+    for seed in range(12):
+        data = tmp_path / f"d{seed}"
+        data.mkdir()
+        original = bytes(range(256)) * 4
+        (data / "raft.journal").write_bytes(original)
+        result = corrupt_one_file(data, random.Random(seed))
+        modes.add(result["mode"])
+        after = (data / "raft.journal").read_bytes()
+        assert after != original
+        if result["mode"] == "truncate":
+            assert len(after) == result["new_size"] < len(original)
+        else:
+            assert len(after) == len(original)
+            assert sum(bin(x ^ y).count("1") for x, y in zip(after, original, strict=True)) <= 2
+    assert modes == {"truncate", "bitflip"}
+    assert corrupt_one_file(tmp_path / "d0" / "none", random.Random(1))["file"] is None

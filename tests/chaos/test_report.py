@@ -1,0 +1,35 @@
+"""The report: JSON + HTML with an inline SVG timeline shading each fault window."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from chaos import report
+from chaos.checker import availability, check_queue
+from tests.chaos.histories import H
+
+
+def test_report_files_show_faults_and_verdict(tmp_path: Path) -> None:
+    h = H().publish(["a"]).nemesis("start", 1, fault="kill-leader")
+    h.publish(["b"], seq=1).nemesis("stop", 1, fault="kill-leader")
+    h.ack(h.receive([("a", 1, 1000), ("b", 1, 1000)]))
+    queue = check_queue(h.ops)
+    result = {"valid": queue["valid"], "seed": 7, "anomaly_counts":
+              {c: a["count"] for c, a in queue["anomalies"].items()},
+              "availability": availability(h.ops), "queue": queue}
+    report.write(tmp_path, result, h.ops)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["seed"] == 7 and saved["valid"] is True
+    page = (tmp_path / "report.html").read_text()
+    assert "VALID" in page and "<svg" in page
+    assert page.count('fill="#f4b0b0"') == 1  # one shaded fault window
+    assert "kill-leader" in page
+    assert "<polyline" in page
+
+
+def test_timeline_counts_ok_ops_per_second() -> None:
+    h = H().publish(["a"]).publish(["b"], seq=1)
+    tl = report.timeline(h.ops)
+    assert tl["ok_per_s"]["publish"] == {0: 2}
+    assert set(tl["publish_latency_ms_max"]) == {0}

@@ -169,6 +169,22 @@ def _stock_syncobj_args(cfg: ReplicaConfig) -> dict[str, Any]:
     return {"selfNode": cfg.raft_addr, "otherNodes": others, "conf": SyncObjConf(**conf_kwargs)}
 
 
+SINGLE_NODE_POLL_S = 0.001  # poll timeout while a 1-node cluster has entries in flight
+
+
+def _wake_single_node(sync: Any, inflight: Callable[[], int]) -> None:
+    """A 1-node cluster commits an entry on the tick after it is appended, but nothing arrives
+    on the network to end that tick's poll (autoTickPeriod 50 ms): measured p50 54 ms one at a
+    time. While our entries are in flight, poll briefly instead."""
+    poller = sync._poller
+    inner = poller.poll
+
+    def poll(timeout: float) -> None:
+        inner(min(timeout, SINGLE_NODE_POLL_S) if inflight() else timeout)
+
+    poller.poll = poll
+
+
 class Replica:
     """One node's replica of the broker state (architecture.md §2). Build with `start`."""
 
@@ -212,6 +228,8 @@ class Replica:
             window_entries_max=cfg.window_entries_max,
             pending_commands_max=cfg.pending_commands_max,
         )
+        if len(cfg.members()) == 1 and cfg.threading_mode == "thread":
+            _wake_single_node(self._sync, lambda: self._proposer.inflight_entries)
         self._watch_task = loop.create_task(self._watch())
         if cfg.threading_mode == "loop":
             self._ticker_task = loop.create_task(self._loop_ticker())

@@ -341,3 +341,19 @@ def test_leader_ticks_about_twice_a_second_and_listeners_fire_everywhere(
         # Apply listeners ran on every node's loop (coalesced: at least once, at most per entry).
         calls = f.call("GET", "/listener")["calls"] - before[f.id][1]
         assert 1 <= calls <= ticks + 1
+
+
+def test_single_node_cluster_commits_and_restarts_with_its_state(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, size=1)
+    try:
+        c.start()
+        node = c.wait_stable()
+        outs = node.call("POST", "/propose_many",
+                         {"cmds": [{"op": "test.record", "key": i} for i in range(20)]})
+        assert [o["result"]["recorded"] for o in outs] == list(range(20))
+        node.kill()
+        node.start()
+        wait_until(lambda: len(node.applied_log()) >= 20, 20, "journal replay after restart")
+        assert [k for _, k in node.applied_log()[:20]] == list(range(20))
+    finally:
+        c.stop()

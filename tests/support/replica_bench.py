@@ -28,13 +28,14 @@ def cpu_s(pid: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=3000)
+    ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--payload-bytes", type=int, default=256)
     ap.add_argument("--in-flight", default="1,64")
     ap.add_argument("--raft-conf", default="{}")
     ap.add_argument("--threading-mode", default="thread", choices=["thread", "loop"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = Cluster(Path(tmp), extra=["--raft-conf", args.raft_conf,
+        cluster = Cluster(Path(tmp), size=args.nodes, extra=["--raft-conf", args.raft_conf,
                                                "--threading-mode", args.threading_mode])
         try:
             cluster.start()

@@ -147,6 +147,9 @@ class Queue:
         self.dead_lettered_total = 0
         self.dropped_total = 0
         self.expired_total = 0
+        self.purged_total = 0
+        self.moved_out_total = 0  # redriven to another queue
+        self.dead_letter_dropped_total = 0  # dead letters lost: the dead-letter queue was full
         self.last_activity_ms = now_ms
         self.scheduled_ms: int | None = None  # the due time pushed on the store's timer heap
 
@@ -261,9 +264,9 @@ class Queue:
 
     def _leave_group(self, msg: Msg) -> None:
         assert msg.group is not None
-        group = self.groups[msg.group]
-        if group.active != msg.id:
-            return  # a waiting message leaves: its deque entry goes stale lazily
+        group = self.groups.get(msg.group)
+        if group is None or group.active != msg.id:
+            return  # a waiting (or not yet joined, delayed) message leaves: nothing to free
         group.active = None
         while group.waiting:
             nxt = self.msgs.get(group.waiting.popleft())
@@ -445,6 +448,7 @@ class Queue:
     def purge(self) -> int:
         """Remove every message (in-flight ones too: their receipts become stale)."""
         n = len(self.msgs)
+        self.purged_total += n
         self.msgs.clear()
         self.ready = [[] for _ in range(PRIORITY_LEVELS)]
         self.leases, self.delayed, self.ttls = [], [], []
@@ -468,6 +472,7 @@ class Queue:
         msg = self._pop_ready()
         if msg is not None:
             self._remove(msg)
+            self.moved_out_total += 1
         self._clean_tops()
         return msg
 
@@ -572,6 +577,8 @@ class Queue:
             "dead_lettered_total": self.dead_lettered_total,
             "dropped_total": self.dropped_total,
             "expired_total": self.expired_total,
+            "purged_total": self.purged_total,
+            "dead_letter_dropped_total": self.dead_letter_dropped_total,
             "oldest_ready_age_s": self.oldest_ready_age_s(now_ms),
             "bytes": self.total_bytes,
             "groups": len(self.groups),
@@ -595,8 +602,9 @@ class Queue:
             "counters": [self.next_pos, self.ready_n, self.ready_bytes, self.inflight_n,
                          self.delayed_n, self.waiting_n, self.total_bytes,
                          self.published_total, self.acked_total, self.dead_lettered_total,
-                         self.dropped_total, self.expired_total, self.last_activity_ms,
-                         self.scheduled_ms],
+                         self.dropped_total, self.expired_total, self.purged_total,
+                         self.moved_out_total, self.dead_letter_dropped_total,
+                         self.last_activity_ms, self.scheduled_ms],
         }
 
     @classmethod
@@ -618,7 +626,8 @@ class Queue:
         q.dedup_order = deque((e[0], e[1]) for e in d["dedup_order"])
         (q.next_pos, q.ready_n, q.ready_bytes, q.inflight_n, q.delayed_n, q.waiting_n,
          q.total_bytes, q.published_total, q.acked_total, q.dead_lettered_total,
-         q.dropped_total, q.expired_total, q.last_activity_ms, q.scheduled_ms) = d["counters"]
+         q.dropped_total, q.expired_total, q.purged_total, q.moved_out_total,
+         q.dead_letter_dropped_total, q.last_activity_ms, q.scheduled_ms) = d["counters"]
         return q
 
 
@@ -778,7 +787,7 @@ class Queues:
             dlq = self._add(dlq_name, dict(DEFAULT_QUEUE_CONFIG), now_ms)
         for msg, reason in dead:
             if not dlq.room_needed(1, len(msg.body)):
-                dlq.dropped_total += 1
+                q.dead_letter_dropped_total += 1
                 continue
             headers = dict(msg.headers)
             headers["x-dead-letter-reason"] = reason

@@ -195,7 +195,7 @@ def test_full_dlq_drops_instead_of_failing(b: Broker) -> None:
     b.create("q", message_ttl_s=1, dead_letter_queue="dlq")
     b.publish("q", "a", "b")
     b.at(1_000).ok(op="tick")
-    assert b.stats("dlq")["ready"] == 1 and b.stats("dlq")["dropped_total"] == 1
+    assert b.stats("dlq")["ready"] == 1 and b.stats("q")["dead_letter_dropped_total"] == 1
 
 
 # ----- dead letters and redrive

@@ -104,9 +104,11 @@ function renderCluster(c) {
     tr.cells[5].appendChild(document.createElement("a")).textContent = "open";
     return tr;
   }, (tr, m) => {
-    setText(tr, [m.id + (m.id === c.node ? " (this node)" : ""), m.role,
+    // this node's view of another member's role is only a guess once it cannot reach it
+    const role = m.reachable || m.id === c.node ? m.role : "unknown";
+    setText(tr, [m.id + (m.id === c.node ? " (this node)" : ""), role,
                  m.reachable ? "yes" : "no", m.raft, m.http, null]);
-    tr.cells[1].className = "role-" + m.role;
+    tr.cells[1].className = "role-" + role;
     tr.cells[2].className = m.reachable ? "good" : "bad";
     tr.cells[5].firstChild.href = `http://${m.http}/ui`;
   });

@@ -2,7 +2,7 @@
 
 Chromium is driven over the DevTools protocol (a websocket, via aiohttp): no selenium, no
 chromedriver. Skipped, with the reason, when no Chromium binary is installed (Debian package
-`chromium`). Set RAFTMQ_UPDATE_SCREENSHOTS=1 to refresh docs/img/console.png from this run.
+`chromium`). Set RAFTMQ_UPDATE_SCREENSHOTS=1 to refresh the screenshots in docs/img/ from this run.
 """
 
 from __future__ import annotations
@@ -24,15 +24,16 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
-from tests.support.cluster import REPO, Cluster, http, wait_until
+from tests.support.cluster import REPO, Cluster, Node, http, wait_until
 
 T = TypeVar("T")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 BROWSER_START_TIMEOUT_S = 30.0
 CDP_CALL_TIMEOUT_S = 30.0
 PAGE_TIMEOUT_S = 30.0
-SCREENSHOT = REPO / "docs" / "img" / "console.png"
+DOCS_IMG = REPO / "docs" / "img"
 WINDOW = {"width": 1400, "height": 1000}
+TERM = "document.getElementById('term').textContent.replaceAll(',', '')"
 
 
 def browser_binary() -> str | None:
@@ -206,10 +207,14 @@ def test_console_shows_the_cluster_and_queues_and_redrives_a_dlq(
     assert stats(cluster.leader().url, "orders-dlq")["ready"] == 0
 
 
+async def open_console(page: Page, url: str) -> None:
+    await page.call("Page.navigate", url=f"{url}/ui")
+    await page.poll("Number(document.body?.dataset.refreshes) >= 1", "the first refresh")
+
+
 async def drive_console(url: str, tmp_path: Path) -> None:
     async with browser_page(tmp_path) as page:
-        await page.call("Page.navigate", url=f"{url}/ui")
-        await page.poll("Number(document.body?.dataset.refreshes) >= 1", "the first refresh")
+        await open_console(page, url)
         # the cluster: three members, exactly one leader, no error banner
         roles = await page.poll("Array.from(document.querySelectorAll('#members tr'), "
                                 "tr => tr.cells[1].textContent).join(',')", "members")
@@ -233,12 +238,43 @@ async def drive_console(url: str, tmp_path: Path) -> None:
         assert message == "Moved 3 message(s) from orders-dlq to orders.", message
         await page.poll(f"{cell('orders', 1)} === '3' && {cell('orders-dlq', 1)} === '0'",
                         "the tables to show the moved messages")
-        await save_screenshot(page, tmp_path)
+        await save_screenshot(page, tmp_path, "console.png")
 
 
-async def save_screenshot(page: Page, tmp_path: Path) -> None:
-    shot = tmp_path / "console.png"
+async def save_screenshot(page: Page, tmp_path: Path, name: str) -> None:
+    """A PNG of the page; copied to docs/img/ when RAFTMQ_UPDATE_SCREENSHOTS=1."""
+    shot = tmp_path / name
     await page.screenshot(shot)
     assert shot.read_bytes().startswith(b"\x89PNG"), "not a PNG"
     if os.environ.get("RAFTMQ_UPDATE_SCREENSHOTS") == "1":
-        shutil.copyfile(shot, SCREENSHOT)
+        shutil.copyfile(shot, DOCS_IMG / name)
+
+
+@pytest.mark.skipif(browser_binary() is None,
+                    reason="no Chromium: apt-get install chromium (or set RAFTMQ_CHROMIUM)")
+def test_console_shows_a_dead_leader_unreachable_and_the_new_leader(
+        cluster: Cluster, tmp_path: Path) -> None:
+    old = cluster.leader()
+    watcher = cluster.followers()[0]
+    asyncio.run(watch_failover(cluster, old, watcher.url, tmp_path))
+
+
+async def watch_failover(cluster: Cluster, old: Node, url: str, tmp_path: Path) -> None:
+    async with browser_page(tmp_path) as page:
+        await open_console(page, url)
+        assert await page.poll("document.getElementById('leader').textContent",
+                               "the leader") == old.id
+        term = int(await page.js(TERM))
+        cluster.kill(old)
+        new = await page.poll(
+            "(() => { const l = document.getElementById('leader').textContent;"
+            f" return l !== {json.dumps(old.id)} && !l.startsWith('none') && l; }})()",
+            "a new leader on the page")
+        assert new in {n.id for n in cluster.nodes if n is not old}
+        row = f"document.querySelector('#members tr[data-key=\"{old.id}\"]')"
+        assert await page.poll(f"{row}.cells[2].textContent === 'no'",
+                               "the dead leader shown unreachable") is True
+        assert await page.js(f"{row}.cells[1].textContent") == "unknown"
+        assert int(await page.js(TERM)) > term
+        assert await page.js("document.getElementById('error').hidden") is True
+        await save_screenshot(page, tmp_path, "console-node-down.png")

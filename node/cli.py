@@ -47,6 +47,8 @@ def node_main(argv: list[str]) -> int:
     parser.add_argument("--config", required=True, type=Path, help="cluster file (TOML)")
     parser.add_argument("--id", required=True, help="this node's id in the cluster file")
     parser.add_argument("--data-dir", type=Path, help="data directory (default ./data/<id>)")
+    parser.add_argument("--auth-file", type=Path,
+                        help="tokens file (TOML); overrides the cluster file's auth_file")
     parser.add_argument("--log-level", default="INFO")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=opts.log_level.upper(),
@@ -55,16 +57,18 @@ def node_main(argv: list[str]) -> int:
         print("raftmq node: refusing to run under python -O: it strips the state machine's "
               "invariant checks (assert)", file=sys.stderr)
         return 2
-    from node import config, server
+    from node import auth, config, server
 
     try:
         cluster = config.load(opts.config)
         cluster.node(opts.id)
-    except config.ConfigError as exc:
+        auth_file = opts.auth_file or cluster.auth_file
+        auth_config = auth.load(auth_file) if auth_file else None
+    except (config.ConfigError, auth.AuthError) as exc:
         print(f"raftmq node: {exc}", file=sys.stderr)
         return 2
     data_dir = opts.data_dir or Path("data") / opts.id
-    server.run(cluster, opts.id, data_dir)
+    server.run(cluster, opts.id, data_dir, auth_config)
     return 0
 
 

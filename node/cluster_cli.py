@@ -42,6 +42,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path(".raftmq-data"))
     parser.add_argument("--base-port", type=int, default=BASE_PORT_DEFAULT,
                         help="node i serves HTTP on base+i and Raft on base+100+i")
+    parser.add_argument("--auth-file", type=Path,
+                        help="tokens file (TOML, docs/security.md): turn on authentication")
     parser.add_argument("--quiet", action="store_true", help="print only the node addresses")
     opts = parser.parse_args(argv[1:])
     if not 1 <= opts.nodes <= NODES_MAX:
@@ -53,7 +55,8 @@ def main(argv: list[str]) -> int:
     except config.ConfigError as exc:
         print(f"raftmq cluster up: {exc}", file=sys.stderr)
         return 2
-    return run(cluster, cfg_path, opts.data_dir, quiet=opts.quiet)
+    extra = ["--auth-file", str(opts.auth_file.resolve())] if opts.auth_file else []
+    return run(cluster, cfg_path, opts.data_dir, quiet=opts.quiet, node_args=extra)
 
 
 def prepare(data_dir: Path, nodes: int, base_port: int) -> Path:
@@ -78,7 +81,8 @@ def prepare(data_dir: Path, nodes: int, base_port: int) -> Path:
     return cfg_path
 
 
-def run(cluster: config.ClusterConfig, cfg_path: Path, data_dir: Path, *, quiet: bool) -> int:
+def run(cluster: config.ClusterConfig, cfg_path: Path, data_dir: Path, *, quiet: bool,
+        node_args: list[str]) -> int:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -90,7 +94,7 @@ def run(cluster: config.ClusterConfig, cfg_path: Path, data_dir: Path, *, quiet:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         for spec in cluster.nodes:
-            procs[spec.id] = start_node(cfg_path, spec, data_dir)
+            procs[spec.id] = start_node(cfg_path, spec, data_dir, node_args)
         ready = wait_ready(cluster, procs, lambda: stopping)
         print_banner(cluster, data_dir, ready, quiet)
         while not stopping:
@@ -108,10 +112,11 @@ def run(cluster: config.ClusterConfig, cfg_path: Path, data_dir: Path, *, quiet:
             print("raftmq: cluster stopped", flush=True)
 
 
-def start_node(cfg_path: Path, spec: NodeSpec, data_dir: Path) -> subprocess.Popen[bytes]:
+def start_node(cfg_path: Path, spec: NodeSpec, data_dir: Path,
+               node_args: list[str]) -> subprocess.Popen[bytes]:
     log = open(data_dir / f"{spec.id}.log", "ab")  # noqa: SIM115 - owned by the child process
     cmd = [sys.executable, "-m", "node.cli", "node", "--config", str(cfg_path),
-           "--id", spec.id, "--data-dir", str(data_dir / spec.id)]
+           "--id", spec.id, "--data-dir", str(data_dir / spec.id), *node_args]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
 

@@ -13,6 +13,7 @@ A node is identified by its `id`; its addresses may change without changing its 
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class ClusterConfig:
     raft_secret: bytes | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     raft: dict[str, Any] = field(default_factory=dict)
+    auth_file: Path | None = None  # tokens file (docs/security.md); None: no authentication
 
     def node(self, node_id: str) -> NodeSpec:
         for spec in self.nodes:
@@ -91,7 +93,17 @@ def parse(raw: dict[str, Any], *, base_dir: Path, source: str = "cluster file") 
         raft_secret=_secret(raw, base_dir, source),
         limits=_table(raw, "limits", source),
         raft=_table(raw, "raft", source),
+        auth_file=_path(raw, "auth_file", base_dir, source),
     )
+
+
+def _path(raw: dict[str, Any], key: str, base_dir: Path, source: str) -> Path | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{source}: {key} must be a non-empty string")
+    return (base_dir / value).resolve()
 
 
 def _parse_node(raw: Any, index: int, source: str) -> NodeSpec:
@@ -147,11 +159,14 @@ def _table(raw: dict[str, Any], key: str, source: str) -> dict[str, Any]:
     return dict(value)
 
 
-def render(cluster: str, nodes: list[NodeSpec], *, raft_secret_file: str | None = None) -> str:
+def render(cluster: str, nodes: list[NodeSpec], *, raft_secret_file: str | None = None,
+           auth_file: str | None = None) -> str:
     """The TOML text of a cluster file (used by `raftmq cluster up`)."""
     lines = [f'cluster = "{cluster}"']
     if raft_secret_file:
         lines.append(f'raft_secret_file = "{raft_secret_file}"')
+    if auth_file:
+        lines.append(f"auth_file = {json.dumps(auth_file)}")
     for spec in nodes:
         lines += ["", "[[nodes]]", f'id = "{spec.id}"', f'raft = "{spec.raft}"',
                   f'http = "{spec.http}"']

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from node import auth
 from node.app import ctx, set_stream_headers
 from node.codec import decode_bodies, jsonable, query_float, query_int, read_body, respond
 from node.http_queues import publish_command, queue_name, raise_if_error
@@ -152,6 +153,9 @@ async def transaction(request: web.Request) -> web.Response:
         cmd["publish"].append(txn_publish(context, item, i))
     if body.get("producer") is not None:
         cmd["producer"] = validate.producer_ref(body["producer"])
+    auth.check_txn(request, [a["queue"] for a in cmd["ack"]],
+                   [("queue", p["queue"]) if "queue" in p else ("topic", p["topic"])
+                    for p in cmd["publish"]])
     result = await context.propose(cmd)
     return respond(request, result, status=200)
 

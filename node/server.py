@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from node import http_cluster, http_queues, http_request, http_topics, openapi, push, ui
+from node import auth, http_cluster, http_queues, http_request, http_topics, openapi, push, ui
 from node.app import CTX, NodeContext, error_middleware, header_middleware
 from node.config import ClusterConfig, split_addr
 from node.waiters import ApplyNotifier
@@ -23,12 +23,16 @@ LONG_POLLS_MAX = 10_000
 SHUTDOWN_GRACE_S = 5.0
 
 
-def build_app(context: NodeContext) -> web.Application:
-    app = web.Application(
-        client_max_size=context.limits.request_bytes_max,
-        middlewares=[http_cluster.timing_middleware, header_middleware, error_middleware],
-    )
+def build_app(context: NodeContext, auth_config: auth.AuthConfig | None = None
+              ) -> web.Application:
+    middlewares = [http_cluster.timing_middleware, header_middleware, error_middleware]
+    if auth_config is not None:
+        middlewares.append(auth.auth_middleware)
+    app = web.Application(client_max_size=context.limits.request_bytes_max,
+                          middlewares=middlewares)
     app[CTX] = context
+    if auth_config is not None:
+        app[auth.AUTH] = auth_config
     http_cluster.setup_metrics(app, context)
     add_routes(app)
     app.cleanup_ctx.append(push.push_worker_ctx)
@@ -55,7 +59,8 @@ def limits_from(cluster: ClusterConfig) -> Limits:
     return Limits(**cluster.limits)
 
 
-async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path) -> None:
+async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path,
+                auth_config: auth.AuthConfig | None = None) -> None:
     spec = cluster.node(node_id)
     data_dir.mkdir(parents=True, exist_ok=True)
     limits = limits_from(cluster)
@@ -70,13 +75,14 @@ async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path) -> None:
     replica.add_apply_listener(notifier.fire)
     context = NodeContext(cluster=cluster, node=spec, replica=replica, limits=limits,
                           notifier=notifier)
-    runner = web.AppRunner(build_app(context), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+    runner = web.AppRunner(build_app(context, auth_config), access_log=None,
+                           shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
     host, port = split_addr(spec.http)
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    log.info("event=node_started node=%s http=%s raft=%s data_dir=%s",
-             spec.id, spec.http, spec.raft, data_dir)
+    log.info("event=node_started node=%s http=%s raft=%s data_dir=%s auth=%s",
+             spec.id, spec.http, spec.raft, data_dir, "on" if auth_config else "off")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -89,5 +95,6 @@ async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path) -> None:
         await replica.close()
 
 
-def run(cluster: ClusterConfig, node_id: str, data_dir: Path) -> None:
-    asyncio.run(serve(cluster, node_id, data_dir))
+def run(cluster: ClusterConfig, node_id: str, data_dir: Path,
+        auth_config: auth.AuthConfig | None = None) -> None:
+    asyncio.run(serve(cluster, node_id, data_dir, auth_config))

@@ -15,7 +15,7 @@ from storage.errors import BrokerError, error_result, is_error
 from storage.limits import DEFAULT_LIMITS, Limits
 from storage.producers import Producers
 from storage.queues import Queue, Queues
-from storage.topics import Topics
+from storage.topics import TopicLimits, Topics
 
 Result = dict[str, Any]
 TOPIC_OPS = ("topic.create", "topic.delete", "binding.delete", "group.commit")
@@ -27,7 +27,7 @@ class BrokerState:
         self.now_ms = 0
         self.applied_total = 0
         self.queues = Queues(limits)
-        self.topics = Topics()
+        self.topics = Topics(TopicLimits.from_limits(limits))
         self.producers = Producers(limits)
         # webhook push subscriptions: queue -> {"url", "max_in_flight"} (node/push.py delivers)
         self.push: dict[str, Result] = {}
@@ -349,7 +349,7 @@ class BrokerState:
         state.applied_total = obj["applied_total"]
         state.queues = Queues.decode(obj["queues"], limits)
         state.queues.on_delete = state._on_queue_deleted
-        state.topics = Topics.decode(obj["topics"])
+        state.topics = Topics.decode(obj["topics"], TopicLimits.from_limits(limits))
         state.producers = Producers.decode(obj["producers"], limits)
         state.push = dict(obj.get("push", {}))
         return state

@@ -108,8 +108,9 @@ class Cluster:
     """N node processes described by one cluster file, with kill/restart/pause controls."""
 
     def __init__(self, root: Path, size: int = 3, secret: str = TEST_SECRET,
-                 extra_config: str = "") -> None:
+                 extra_config: str = "", token: str | None = None) -> None:
         self.root = root
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         ports = free_ports(2 * size)
         self.nodes = [
             Node(f"n{i + 1}", ports[2 * i], ports[2 * i + 1], root / f"n{i + 1}",
@@ -165,7 +166,7 @@ class Cluster:
     # -- observation -----------------------------------------------------------------------
     def status(self, node: Node) -> dict[str, Any] | None:
         try:
-            r = http("GET", f"{node.url}/v1/cluster", timeout_s=2)
+            r = http("GET", f"{node.url}/v1/cluster", timeout_s=2, headers=self.headers)
         except (urllib.error.URLError, OSError):
             return None
         return r.body if r.status == 200 else None

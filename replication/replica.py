@@ -12,7 +12,6 @@ Apply never raises (issue 2, item 5): a command that makes the state raise gets 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import threading
 import time
@@ -20,8 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import SyncObj, replicated
 
+from replication.hardening import (
+    SnapshotHooks,
+    build_syncobj_args,
+    install_patches,
+    refuse_optimized_python,
+)
 from replication.proposer import Proposer, unpack_entry
 from replication.types import (
     BARRIER_TIMEOUT_S_DEFAULT,
@@ -34,13 +39,13 @@ from replication.types import (
     StateMachine,
 )
 from storage.errors import error_result, is_error
+from storage.state import BrokerState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj _RAFT_STATE
 _RAFT_STATE_ATTR = "_SyncObj__raftState"  # read-only; asserted present at start-up
-COMPACTION_OFF_ENTRIES = 10**12  # stock fallback only: its dumps would not hold our state
 
 
 class ApplyCore:
@@ -112,30 +117,21 @@ class _RaftBroker(SyncObj):  # type: ignore[misc]
 
 
 def _default_state_factory() -> StateMachine:
-    state_mod = importlib.import_module("storage.state")
-    state: StateMachine = state_mod.BrokerState()
-    return state
+    return BrokerState()
 
 
 def _default_state_decoder(data: bytes) -> StateMachine:
-    state_mod = importlib.import_module("storage.state")
-    state: StateMachine = state_mod.BrokerState.decode_snapshot(data)
-    return state
+    return BrokerState.decode_snapshot(data)
 
 
-def _syncobj_args(cfg: ReplicaConfig, core: ApplyCore, decode: Callable[[bytes], Any]) -> Any:
-    """kwargs for SyncObj: hardened when replication.hardening exists, else stock pysyncobj."""
-    try:
-        hardening = importlib.import_module("replication.hardening")
-    except ModuleNotFoundError as exc:
-        if exc.name != "replication.hardening":
-            raise
-        log.warning("replication.hardening not available: running on stock pysyncobj")
-        return _stock_syncobj_args(cfg)
-    hardening.refuse_optimized_python()
-    hardening.install_patches(secret=cfg.secret)
-    hooks = hardening.SnapshotHooks(encode=core.encode, install=lambda d: core.install(decode(d)))
-    return hardening.build_syncobj_args(
+def _syncobj_args(
+    cfg: ReplicaConfig, core: ApplyCore, decode: Callable[[bytes], StateMachine]
+) -> dict[str, Any]:
+    """kwargs for SyncObj, from the hardening layer (fsync'd journal, MAC'd frames, ...)."""
+    refuse_optimized_python()
+    install_patches(secret=cfg.secret)
+    hooks = SnapshotHooks(encode=core.encode, install=lambda data: core.install(decode(data)))
+    return build_syncobj_args(
         node_id=cfg.node_id,
         raft_addr=cfg.raft_addr,
         peers=cfg.members(),
@@ -150,23 +146,6 @@ def _raft_conf(cfg: ReplicaConfig) -> dict[str, Any]:
     if cfg.threading_mode == "loop":
         conf["autoTick"] = False
     return conf
-
-
-def _stock_syncobj_args(cfg: ReplicaConfig) -> dict[str, Any]:
-    data_dir = Path(cfg.data_dir)
-    conf_kwargs: dict[str, Any] = {
-        "journalFile": str(data_dir / "raft.journal"),
-        "fullDumpFile": str(data_dir / "raft.dump"),
-        "appendEntriesUseBatch": False,
-        "logCompactionMinEntries": COMPACTION_OFF_ENTRIES,
-        "logCompactionMinTime": COMPACTION_OFF_ENTRIES,
-        "leaderFallbackTimeout": 2.8,
-        "dynamicMembershipChange": True,
-        "bindAddress": cfg.raft_addr,
-    }
-    conf_kwargs.update(_raft_conf(cfg))
-    others = [addr for nid, addr in cfg.members().items() if nid != cfg.node_id]
-    return {"selfNode": cfg.raft_addr, "otherNodes": others, "conf": SyncObjConf(**conf_kwargs)}
 
 
 SINGLE_NODE_POLL_S = 0.001  # poll timeout while a 1-node cluster has entries in flight

@@ -4,7 +4,7 @@ Usage: python -m tests.support.replica_node --id n1 --raft 127.0.0.1:P --peers n
        --data-dir DIR [--raft-conf JSON]
 Prints "READY <control_port>" on stdout once it listens (control on 127.0.0.1, port from the OS).
 
-The state is the real storage BrokerState when it exists (else a tiny stand-in), wrapped so that
+The state is the real storage BrokerState, wrapped so that
 the test can see the order of applied commands (`/log`) and can make apply raise
 (op "test.raise": the poison-entry regression).
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import logging
 import signal
@@ -27,36 +26,9 @@ import msgpack
 from aiohttp import web
 
 from replication import ProposalError, Replica, ReplicaConfig
+from storage.state import BrokerState
 
 RECORDED_OPS_SKIPPED = ("tick", "noop")
-
-
-class _StandInState:
-    """Used only while storage.state is missing: answers every command with {}."""
-
-    def __init__(self) -> None:
-        self.now_ms = 0
-
-    def apply(self, cmd: dict[str, Any], now_ms: int) -> dict[str, Any]:
-        self.now_ms = max(self.now_ms, now_ms)
-        return {"op": cmd.get("op"), "now_ms": self.now_ms}
-
-    def encode_snapshot(self) -> bytes:
-        data: bytes = msgpack.packb({"now_ms": self.now_ms})
-        return data
-
-    @classmethod
-    def decode_snapshot(cls, data: bytes) -> _StandInState:
-        state = cls()
-        state.now_ms = msgpack.unpackb(data)["now_ms"]
-        return state
-
-
-def _inner_state_class() -> Any:
-    try:
-        return importlib.import_module("storage.state").BrokerState
-    except ModuleNotFoundError:
-        return _StandInState
 
 
 class RecordingState:
@@ -212,7 +184,7 @@ async def main(argv: list[str]) -> None:
     ap.add_argument("--no-leader-grace-s", type=float, default=3.0)
     ap.add_argument("--threading-mode", default="thread", choices=["thread", "loop"])
     args = ap.parse_args(argv)
-    inner_cls = _inner_state_class()
+    inner_cls = BrokerState
     cfg = ReplicaConfig(node_id=args.id, raft_addr=args.raft, peers=_parse_peers(args.peers),
                         data_dir=Path(args.data_dir), secret=b"replica-test-secret",
                         no_leader_grace_s=args.no_leader_grace_s,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from node.codec import respond
+from node.codec import READ_TIMEOUT_KEY, respond
 from node.config import ClusterConfig, NodeSpec
 from node.waiters import ApplyNotifier
 from replication import ProposalError, Replica
@@ -41,6 +42,21 @@ class NodeContext:
     limits: Limits
     notifier: ApplyNotifier
     propose_timeout_s: float = PROPOSE_TIMEOUT_S
+    requests_in_flight: int = 0
+    rss_bytes: int = 0
+    rss_checked_s: float = 0.0
+
+    def check_memory(self) -> None:
+        """Refuse new messages past memory_high_watermark_bytes; consumers keep working, and
+        their acks free the memory that lets publishes in again."""
+        now_s = time.monotonic()
+        if now_s - self.rss_checked_s > RSS_CHECK_INTERVAL_S:
+            self.rss_bytes, self.rss_checked_s = process_rss_bytes(), now_s
+        limit = self.limits.memory_high_watermark_bytes
+        if self.rss_bytes > limit:
+            raise BrokerError("overloaded", f"node memory {self.rss_bytes} B is above "
+                              f"memory_high_watermark_bytes ({limit} B): publishes are refused "
+                              "until consumers drain queues")
 
     async def propose(self, cmd: dict[str, Any], *, timeout_s: float | None = None) -> Any:
         """Propose through Raft; an error result raises BrokerError, a failure ProposalError."""
@@ -70,6 +86,18 @@ class NodeContext:
 
 
 CTX = web.AppKey("raftmq_ctx", NodeContext)
+RSS_CHECK_INTERVAL_S = 0.1
+
+
+def process_rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def now_wall_ms() -> int:
@@ -123,6 +151,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 REQUEST_ID_CHARS_MAX = 128
 GZIP_BODY_BYTES_MIN = 1024  # smaller answers are not worth compressing
+
+
+@web.middleware
+async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """requests_in_flight_max per node, and the body read timeout for read_body."""
+    context = request.app[CTX]
+    if context.requests_in_flight >= context.limits.requests_in_flight_max:
+        raise BrokerError("overloaded", f"more than requests_in_flight_max "
+                          f"({context.limits.requests_in_flight_max}) requests on this node")
+    request[READ_TIMEOUT_KEY] = context.limits.request_read_timeout_s
+    context.requests_in_flight += 1
+    try:
+        return await handler(request)
+    finally:
+        context.requests_in_flight -= 1
 
 
 @web.middleware

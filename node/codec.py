@@ -7,6 +7,7 @@ UTF-8 is answered base64-encoded with `"body_encoding": "base64"`, and a client 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -27,9 +28,19 @@ JSON_LIKE = (JSON, "application/x-www-form-urlencoded", "application/octet-strea
              "")
 
 
+READ_TIMEOUT_KEY = "raftmq_read_timeout_s"  # set per request by node.app.limits_middleware
+
+
 async def read_body(request: web.Request) -> dict[str, Any]:
-    """The request body as a dict ({} when empty). Malformed input is a 400 naming the problem."""
-    raw = await request.read()
+    """The request body as a dict ({} when empty). Malformed input is a 400 naming the problem;
+    a body that does not arrive within request_read_timeout_s (a slow or stalled client) is a
+    408."""
+    timeout_s: float = request.get(READ_TIMEOUT_KEY, 30.0)
+    try:
+        raw = await asyncio.wait_for(request.read(), timeout_s)
+    except TimeoutError:
+        raise BrokerError("request_timeout", f"the request body did not arrive within "
+                          f"request_read_timeout_s ({timeout_s} s)") from None
     if not raw.strip():
         return {}
     ctype = request.content_type

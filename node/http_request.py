@@ -39,6 +39,7 @@ async def request_reply(request: web.Request) -> web.Response:
     correlation_id = message.get("correlation_id") or uuid.uuid4().hex
     reply_queue = f"reply.{context.node.id}.{secrets.token_hex(8)}"
     message = {**message, "correlation_id": correlation_id, "reply_to": reply_queue}
+    context.check_memory()
     [msg] = validate.publish_messages(decode_bodies([message]), context.limits)
     config = validate.queue_config({"expires_s": int(timeout_s) + REPLY_QUEUE_SLACK_S})
     await context.propose({"op": "queue.create", "queue": reply_queue, "config": config})

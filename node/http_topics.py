@@ -53,6 +53,7 @@ async def publish_topic(request: web.Request) -> web.Response:
     context = ctx(request)
     name = topic_name(request)
     body = await read_body(request)
+    context.check_memory()
     messages = topic_rules.validate_topic_messages(decode_bodies(body.get("messages")))
     cmd: dict[str, Any] = {"op": "topic.publish", "topic": name, "messages": messages}
     if body.get("producer") is not None:
@@ -167,6 +168,7 @@ def txn_publish(context: Any, item: Any, i: int) -> dict[str, Any]:
         part = publish_command(context, {"messages": item.get("messages")})
         part["queue"] = validate.name(item["queue"], f"publish[{i}].queue")
         return part
+    context.check_memory()
     messages = topic_rules.validate_topic_messages(decode_bodies(item.get("messages")))
     return {"topic": validate.name(item["topic"], f"publish[{i}].topic"), "messages": messages}
 

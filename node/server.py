@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from node import auth, http_cluster, http_queues, http_request, http_topics, openapi, push, ui
-from node.app import CTX, NodeContext, error_middleware, header_middleware
+from node.app import CTX, NodeContext, error_middleware, header_middleware, limits_middleware
 from node.config import ClusterConfig, split_addr
 from node.waiters import ApplyNotifier
 from replication import Replica, ReplicaConfig
@@ -19,13 +19,13 @@ from storage.state import BrokerState
 
 log = logging.getLogger("raftmq.node")
 
-LONG_POLLS_MAX = 10_000
 SHUTDOWN_GRACE_S = 5.0
 
 
 def build_app(context: NodeContext, auth_config: auth.AuthConfig | None = None
               ) -> web.Application:
-    middlewares = [http_cluster.timing_middleware, header_middleware, error_middleware]
+    middlewares = [http_cluster.timing_middleware, header_middleware, error_middleware,
+                   limits_middleware]
     if auth_config is not None:
         middlewares.append(auth.auth_middleware)
     app = web.Application(client_max_size=context.limits.request_bytes_max,
@@ -71,7 +71,7 @@ async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path,
                       raft_conf=dict(cluster.raft)),
         state_factory=lambda: BrokerState(limits),
         state_decoder=lambda data: BrokerState.decode_snapshot(data, limits))
-    notifier = ApplyNotifier(LONG_POLLS_MAX)
+    notifier = ApplyNotifier(limits.long_polls_max)
     replica.add_apply_listener(notifier.fire)
     context = NodeContext(cluster=cluster, node=spec, replica=replica, limits=limits,
                           notifier=notifier)

@@ -26,6 +26,7 @@ _KINDS = [
     ErrorKind("topic_not_found", 404, False),
     ErrorKind("binding_not_found", 404, False),
     ErrorKind("method_not_allowed", 405, False),
+    ErrorKind("request_timeout", 408, True),
     ErrorKind("unsupported_media_type", 415, False),
     ErrorKind("already_exists", 409, False),
     ErrorKind("out_of_order_sequence", 409, False),

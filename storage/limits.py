@@ -46,6 +46,11 @@ class Limits:
     producer_idle_expiry_s: int = 7 * 24 * 3600
     # transactions
     txn_parts_max: int = 100  # ack + publish entries in one transaction
+    # node resources (enforced at the HTTP edge of each node, not by apply)
+    memory_high_watermark_bytes: int = 2 << 30  # past this RSS, publishes get 429 overloaded
+    requests_in_flight_max: int = 10_000  # concurrent HTTP requests per node
+    long_polls_max: int = 10_000  # receives / reads waiting at once per node
+    request_read_timeout_s: float = 30.0  # a request body must arrive within this
 
 
 DEFAULT_LIMITS = Limits()

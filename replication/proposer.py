@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import struct
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 
 Callback = Callable[[Any, int], None]
 SubmitFn = Callable[[bytes, Callback], None]
+
+DEADLINE_GRANULARITY_S = 0.05  # proposal deadlines fire up to this late
 
 # fixarray(2) + uint64 now_ms + array32 header: the most an entry adds around its commands.
 ENTRY_HEADER_BYTES_MAX = 1 + 9 + 5
@@ -151,6 +155,7 @@ class Proposer:
         self._hold_reason: str | None = None  # set: keep pending, submit nothing
         self._refuse: ProposalError | None = None  # set: fail new proposals at once
         self._entry_seq = 0
+        self._deadline_buckets: dict[int, list[weakref.ref[_Proposal]]] = {}
         self.stats = ProposerStats()
 
     # -- callers ---------------------------------------------------------------------------
@@ -170,16 +175,27 @@ class Proposer:
         proposal = _Proposal(pack_command(cmd), self._loop.create_future(), timeout_s)
         self._pending.append(proposal)
         self._schedule_flush()
-        try:
-            return await asyncio.wait_for(proposal.future, timeout_s)
-        except TimeoutError:
-            if not proposal.submitted:
-                raise ProposalError(
-                    "unavailable", f"not proposed within {timeout_s} s (overloaded or no leader)"
-                ) from None
-            raise ProposalError(
-                "commit_timeout", f"not committed within {timeout_s} s; the outcome is unknown"
-            ) from None
+        self._arm_deadline(proposal)
+        return await proposal.future
+
+    # -- deadlines: proposals share one timer per DEADLINE_GRANULARITY_S bucket ---------------
+    # (asyncio.wait_for per proposal cost ~40 % of the proposer's time; weak references let
+    # answered proposals and their results be freed before their bucket fires.)
+
+    def _arm_deadline(self, proposal: _Proposal) -> None:
+        due_s = self._loop.time() + proposal.timeout_s
+        key = math.ceil(due_s / DEADLINE_GRANULARITY_S)
+        bucket = self._deadline_buckets.get(key)
+        if bucket is None:
+            bucket = self._deadline_buckets[key] = []
+            self._loop.call_at(key * DEADLINE_GRANULARITY_S, self._on_deadline, key)
+        bucket.append(weakref.ref(proposal))
+
+    def _on_deadline(self, key: int) -> None:
+        for ref in self._deadline_buckets.pop(key, []):
+            proposal = ref()
+            if proposal is not None and not proposal.future.done():
+                proposal.future.set_exception(_timeout_error(proposal))
 
     def hold(self, reason: str | None) -> None:
         """While a reason is set, keep proposals pending (e.g. no leader known yet)."""
@@ -321,6 +337,17 @@ class Proposer:
     def _count_failure(self, code: str) -> None:
         self.stats.entries_failed += 1
         self.stats.failures[code] = self.stats.failures.get(code, 0) + 1
+
+
+def _timeout_error(proposal: _Proposal) -> ProposalError:
+    if not proposal.submitted:
+        return ProposalError(
+            "unavailable",
+            f"not proposed within {proposal.timeout_s} s (overloaded or no leader)",
+        )
+    return ProposalError(
+        "commit_timeout", f"not committed within {proposal.timeout_s} s; the outcome is unknown"
+    )
 
 
 def _len(obj: Any) -> int:

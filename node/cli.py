@@ -4,6 +4,7 @@ raftmq.bench."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -49,8 +50,12 @@ def node_main(argv: list[str]) -> int:
     parser.add_argument("--data-dir", type=Path, help="data directory (default ./data/<id>)")
     parser.add_argument("--auth-file", type=Path,
                         help="tokens file (TOML); overrides the cluster file's auth_file")
+    parser.add_argument("--tls-cert", type=Path, help="serve HTTPS: certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="serve HTTPS: private key (PEM)")
     parser.add_argument("--log-level", default="INFO")
     opts = parser.parse_args(argv)
+    if (opts.tls_cert is None) != (opts.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
     logging.basicConfig(level=opts.log_level.upper(),
                         format="%(asctime)s level=%(levelname)s %(name)s %(message)s")
     if not __debug__:
@@ -62,6 +67,9 @@ def node_main(argv: list[str]) -> int:
     try:
         cluster = config.load(opts.config)
         cluster.node(opts.id)
+        if opts.tls_cert:
+            cluster = dataclasses.replace(cluster, tls_cert_file=opts.tls_cert.resolve(),
+                                          tls_key_file=opts.tls_key.resolve())
         auth_file = opts.auth_file or cluster.auth_file
         auth_config = auth.load(auth_file) if auth_file else None
     except (config.ConfigError, auth.AuthError) as exc:

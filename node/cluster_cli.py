@@ -10,9 +10,11 @@ Layout of the data directory (kept across restarts, so a second `up` keeps every
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -44,6 +46,8 @@ def main(argv: list[str]) -> int:
                         help="node i serves HTTP on base+i and Raft on base+100+i")
     parser.add_argument("--auth-file", type=Path,
                         help="tokens file (TOML, docs/security.md): turn on authentication")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve HTTPS with a self-signed certificate made in the data dir")
     parser.add_argument("--quiet", action="store_true", help="print only the node addresses")
     opts = parser.parse_args(argv[1:])
     if not 1 <= opts.nodes <= NODES_MAX:
@@ -56,6 +60,10 @@ def main(argv: list[str]) -> int:
         print(f"raftmq cluster up: {exc}", file=sys.stderr)
         return 2
     extra = ["--auth-file", str(opts.auth_file.resolve())] if opts.auth_file else []
+    if opts.tls:
+        cert, key = self_signed(opts.data_dir)
+        extra += ["--tls-cert", str(cert), "--tls-key", str(key)]
+        cluster = dataclasses.replace(cluster, tls_cert_file=cert, tls_key_file=key)
     return run(cluster, cfg_path, opts.data_dir, quiet=opts.quiet, node_args=extra)
 
 
@@ -79,6 +87,19 @@ def prepare(data_dir: Path, nodes: int, base_port: int) -> Path:
         return cfg_path
     cfg_path.write_text(config.render("local", specs, raft_secret_file="raft.secret"))
     return cfg_path
+
+
+def self_signed(data_dir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, made once with openssl and reused."""
+    cert, key = (data_dir / "tls.crt").resolve(), (data_dir / "tls.key").resolve()
+    if not cert.exists() or not key.exists():
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                        "-days", "825", "-subj", "/CN=raftmq-local",
+                        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                        "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True)
+        key.chmod(0o600)
+    return cert, key
 
 
 def run(cluster: config.ClusterConfig, cfg_path: Path, data_dir: Path, *, quiet: bool,
@@ -124,6 +145,8 @@ def start_node(cfg_path: Path, spec: NodeSpec, data_dir: Path,
 def wait_ready(cluster: config.ClusterConfig, procs: dict[str, subprocess.Popen[bytes]],
                stopping: object) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT_S
+    tls = (ssl.create_default_context(cafile=str(cluster.tls_cert_file))
+           if cluster.tls_cert_file else None)
     pending = {n.id: n for n in cluster.nodes}
     while pending and time.monotonic() < deadline:
         if callable(stopping) and stopping():
@@ -132,7 +155,8 @@ def wait_ready(cluster: config.ClusterConfig, procs: dict[str, subprocess.Popen[
             if procs[node_id].poll() is not None:
                 return False
             try:
-                with urllib.request.urlopen(f"{spec.http_url}/readyz", timeout=1) as resp:
+                with urllib.request.urlopen(f"{url(cluster, spec)}/readyz", timeout=1,
+                                            context=tls) as resp:
                     if resp.status == 200:
                         del pending[node_id]
             except (urllib.error.URLError, OSError):
@@ -143,19 +167,25 @@ def wait_ready(cluster: config.ClusterConfig, procs: dict[str, subprocess.Popen[
 
 def print_banner(cluster: config.ClusterConfig, data_dir: Path, ready: bool, quiet: bool) -> None:
     for spec in cluster.nodes:
-        print(f"{spec.id}  {spec.http_url}  (raft {spec.raft})", flush=True)
+        print(f"{spec.id}  {url(cluster, spec)}  (raft {spec.raft})", flush=True)
     if quiet:
         return
-    first = cluster.nodes[0].http_url
+    first = url(cluster, cluster.nodes[0])
     state = "ready" if ready else "NOT ready yet (see the node logs)"
     print(f"\nraftmq: {len(cluster.nodes)}-node cluster {state}; data in {data_dir}/", flush=True)
     print("try:", flush=True)
     print(f"  curl -X PUT {first}/v1/queues/hello", flush=True)
     print(f"  curl -X POST {first}/v1/queues/hello/messages "
           "-H 'Content-Type: application/json' -d '{\"messages\":[{\"body\":\"hi\"}]}'", flush=True)
-    print(f"  curl -X POST {cluster.nodes[-1].http_url}/v1/queues/hello/receive -d '{{}}'",
+    print(f"  curl -X POST {url(cluster, cluster.nodes[-1])}/v1/queues/hello/receive -d '{{}}'",
           flush=True)
+    if cluster.tls_cert_file:
+        print(f"  (self-signed TLS: add --cacert {cluster.tls_cert_file} to curl)", flush=True)
     print("Ctrl-C stops every node.", flush=True)
+
+
+def url(cluster: config.ClusterConfig, spec: NodeSpec) -> str:
+    return f"{cluster.scheme}://{spec.http}"
 
 
 def stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:

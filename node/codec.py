@@ -41,6 +41,9 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     except TimeoutError:
         raise BrokerError("request_timeout", f"the request body did not arrive within "
                           f"request_read_timeout_s ({timeout_s} s)") from None
+    except web.RequestPayloadError as exc:  # e.g. Content-Encoding gzip with a non-gzip body
+        raise BrokerError("invalid_request", f"body: cannot be read ({exc.__cause__ or exc}); "
+                          "check Content-Encoding") from None
     if not raw.strip():
         return {}
     ctype = request.content_type
@@ -59,19 +62,34 @@ async def read_body(request: web.Request) -> dict[str, Any]:
                           f"Content-Type {ctype!r} is not supported; use {JSON} or {MSGPACK}")
     if not isinstance(value, dict):
         raise BrokerError("invalid_request", "body: must be an object")
-    _check_depth(value, 0)
+    # JSON (escapes such as \\ud800, or a UTF-16 body) can make strings that are not Unicode text
+    # (lone surrogates); they cannot be encoded as UTF-8 further on, so refuse them here.
+    _check_depth(value, 0, check_text=ctype not in MSGPACK_TYPES)
     return value
 
 
-def _check_depth(value: Any, depth: int) -> None:
+def _check_depth(value: Any, depth: int, check_text: bool = False) -> None:
     if depth > JSON_DEPTH_MAX:
         raise BrokerError("invalid_request", f"body: nested deeper than {JSON_DEPTH_MAX} levels")
     if isinstance(value, dict):
-        for item in value.values():
-            _check_depth(item, depth + 1)
+        for key, item in value.items():
+            if check_text:
+                _check_text(key)
+            _check_depth(item, depth + 1, check_text)
     elif isinstance(value, list):
         for item in value:
-            _check_depth(item, depth + 1)
+            _check_depth(item, depth + 1, check_text)
+    elif check_text:
+        _check_text(value)
+
+
+def _check_text(value: Any) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BrokerError("invalid_request", f"body: {value[:40]!r} is not valid Unicode "
+                              "text (a lone surrogate escape such as \\ud800)") from None
 
 
 def decode_bodies(messages: Any, field: str = "messages") -> Any:

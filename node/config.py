@@ -48,6 +48,12 @@ class ClusterConfig:
     limits: dict[str, Any] = field(default_factory=dict)
     raft: dict[str, Any] = field(default_factory=dict)
     auth_file: Path | None = None  # tokens file (docs/security.md); None: no authentication
+    tls_cert_file: Path | None = None  # [tls] cert_file: serve HTTPS with this certificate
+    tls_key_file: Path | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert_file else "http"
 
     def node(self, node_id: str) -> NodeSpec:
         for spec in self.nodes:
@@ -94,7 +100,17 @@ def parse(raw: dict[str, Any], *, base_dir: Path, source: str = "cluster file") 
         limits=_table(raw, "limits", source),
         raft=_table(raw, "raft", source),
         auth_file=_path(raw, "auth_file", base_dir, source),
+        **_tls(raw, base_dir, source),
     )
+
+
+def _tls(raw: dict[str, Any], base_dir: Path, source: str) -> dict[str, Path | None]:
+    table = _table(raw, "tls", source)
+    cert = _path(table, "cert_file", base_dir, f"{source} [tls]")
+    key = _path(table, "key_file", base_dir, f"{source} [tls]")
+    if (cert is None) != (key is None):
+        raise ConfigError(f"{source}: [tls] needs both cert_file and key_file")
+    return {"tls_cert_file": cert, "tls_key_file": key}
 
 
 def _path(raw: dict[str, Any], key: str, base_dir: Path, source: str) -> Path | None:

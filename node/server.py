@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from pathlib import Path
 
 from aiohttp import web
@@ -50,6 +51,15 @@ def add_routes(app: web.Application) -> None:
     ui.setup(app)
 
 
+def tls_context(cluster: ClusterConfig) -> ssl.SSLContext | None:
+    if cluster.tls_cert_file is None or cluster.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cluster.tls_cert_file, cluster.tls_key_file)
+    return context
+
+
 def limits_from(cluster: ClusterConfig) -> Limits:
     known = set(Limits.__dataclass_fields__)
     unknown = sorted(set(cluster.limits) - known)
@@ -79,7 +89,7 @@ async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path,
                            shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
     host, port = split_addr(spec.http)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls_context(cluster))
     await site.start()
     log.info("event=node_started node=%s http=%s raft=%s data_dir=%s auth=%s",
              spec.id, spec.http, spec.raft, data_dir, "on" if auth_config else "off")

@@ -18,6 +18,7 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,12 +226,84 @@ class Transport:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _Unknown(str(exc) or type(exc).__name__) from exc
 
+    async def open_stream(self, path: str, params: dict[str, str]) -> EventStream:
+        """GET a server-sent-event stream from any node, retrying like a read until the call's
+        deadline; raises the typed error for answers that are not retryable."""
+        state = _Attempts(deadline=time.monotonic() + self.policy.timeout_s)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.policy.connect_timeout_s,
+                                        sock_read=SSE_IDLE_S)
+        while True:
+            index = (self._preferred + state.retry) % len(self.urls)
+            url = self.urls[index]
+            try:
+                resp = await self._get_session().get(url + path, params=params, timeout=timeout,
+                                                     headers={"Accept": "text/event-stream"})
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                state.last = ConnectionFailed(f"{url}: {exc or type(exc).__name__}",
+                                              retryable=True)
+            else:
+                if resp.status == 200:
+                    self._preferred = index
+                    return EventStream(resp)
+                raw = await resp.read()
+                resp.release()
+                state.last = from_response(resp.status, _decode(raw, resp.content_type),
+                                           resp.headers.get("X-Raftmq-Node"))
+                if resp.status not in RETRIABLE_STATUSES:
+                    raise state.last
+            await self._before_retry(state, self.policy.retries)
+
     def _encode(self, body: Any) -> tuple[bytes | None, str | None]:
         if body is None:
             return None, None
         if self.codec == "msgpack":
             return msgpack.packb(body, use_bin_type=True), MSGPACK
         return json.dumps(body, separators=(",", ":")).encode("utf-8"), JSON
+
+
+SSE_IDLE_S = 45.0   # nodes send a heartbeat every 15 s: this long without a byte is a dead stream
+SSE_LINE_BYTES_MAX = 16 * 1024 * 1024
+
+
+class EventStream:
+    """The events of one text/event-stream response: `async for name, data in stream.events()`.
+    Ends (StopAsyncIteration) when the node closes it; raises StreamBroken when it breaks."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+
+    async def events(self) -> AsyncIterator[tuple[str, Any]]:
+        name, data, buf = "message", [], b""
+        try:
+            async for chunk in self._resp.content.iter_any():
+                buf += chunk
+                if len(buf) > SSE_LINE_BYTES_MAX:
+                    raise StreamBroken("an event over the size limit")
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    text = line.decode("utf-8").rstrip("\r")
+                    if text.startswith(":"):
+                        continue
+                    if text:
+                        field, _, value = text.partition(":")
+                        value = value[1:] if value.startswith(" ") else value
+                        if field == "event":
+                            name = value
+                        elif field == "data":
+                            data.append(value)
+                        continue
+                    if data:
+                        yield name, json.loads("\n".join(data))
+                    name, data = "message", []
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise StreamBroken(str(exc) or type(exc).__name__) from exc
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+class StreamBroken(Exception):
+    """An event stream ended abnormally (connection lost, idle too long, garbage)."""
 
 
 def _decode(raw: bytes, content_type: str) -> Any:

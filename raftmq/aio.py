@@ -12,13 +12,14 @@ docs/client.md for the precise guarantee.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from raftmq._http import RetryPolicy, Transport, parse_urls
+from raftmq._http import RetryPolicy, StreamBroken, Transport, parse_urls
 from raftmq._producer import Producer
+from raftmq.errors import TopicNotFound
 from raftmq.models import (
     Message,
     Messages,
@@ -26,7 +27,9 @@ from raftmq.models import (
     ProducerRef,
     PublishResult,
     TopicBatch,
+    TopicMessage,
     TopicPublishResult,
+    decode_body,
     encode_messages,
 )
 
@@ -312,6 +315,63 @@ class AsyncClient:
         data = await self._http.call("GET", path)
         return list(data.get("partitions", []))
 
+    async def subscribe(self, pattern: str) -> AsyncGenerator[TopicMessage, None]:
+        """Live subscribe (GET /v1/subscribe): every message published from now on to a topic
+        matching `pattern` (`*` one word, `#` any). A dropped stream is reopened on any node;
+        partitions this iterator has already seen messages of are then replayed from the next
+        offset, so nothing of them is missed or repeated. A partition with no message seen
+        before the drop starts at its end on reconnect (what was published there meanwhile is
+        readable with read_topic)."""
+        cursors: dict[tuple[str, int], int] = {}
+        while True:
+            stream = await self._http.open_stream("/v1/subscribe", {"topics": pattern})
+            try:
+                for (topic, part), offset in list(cursors.items()):
+                    async for msg in self._replay(topic, part, offset):
+                        cursors[(topic, part)] = msg.offset + 1
+                        yield msg
+                async for name, data in stream.events():
+                    msg = _topic_event(data)
+                    key = (msg.topic, msg.partition)
+                    if name != "message" or msg.offset < cursors.get(key, 0):
+                        continue
+                    cursors[key] = msg.offset + 1
+                    yield msg
+            except StreamBroken:
+                pass
+            finally:
+                stream.close()
+
+    async def _replay(self, topic: str, partition: int,
+                      offset: int) -> AsyncGenerator[TopicMessage, None]:
+        while True:
+            try:
+                batch = await self.read_topic(topic, partition, offset)
+            except TopicNotFound:
+                return
+            for msg in batch.messages:
+                yield msg
+            offset = max_offset(batch, offset)
+            if not batch.messages or offset >= batch.high_watermark:
+                return
+
+    async def stream(self, queue: str, prefetch: int = 10) -> AsyncGenerator[Message, None]:
+        """Push delivery (GET /v1/queues/{queue}/stream): messages as the cluster pushes them,
+        at most `prefetch` unacked at a time; ack each as usual. A dropped stream is reopened
+        on any node (what it had delivered and not acked is redelivered after its visibility
+        timeout: at-least-once)."""
+        while True:
+            stream = await self._http.open_stream(f"/v1/queues/{_q(queue)}/stream",
+                                                  {"prefetch": str(prefetch)})
+            try:
+                async for name, data in stream.events():
+                    if name == "message":
+                        yield Message.from_api(data, queue)
+            except StreamBroken:
+                pass
+            finally:
+                stream.close()
+
     # -- exactly-once -------------------------------------------------------------------------
 
     async def register_producer(self) -> ProducerRef:
@@ -331,6 +391,13 @@ class AsyncClient:
 
     async def cluster_status(self) -> dict[str, Any]:
         return dict(await self._http.call("GET", "/v1/cluster"))
+
+
+def _topic_event(data: dict[str, Any]) -> TopicMessage:
+    return TopicMessage(offset=int(data.get("offset", 0)), body=decode_body(data),
+                        topic=str(data.get("topic", "")), partition=int(data.get("partition", 0)),
+                        key=data.get("key"), headers=dict(data.get("headers") or {}),
+                        published_at=int(data.get("published_at") or 0))
 
 
 def max_offset(batch: TopicBatch, offset: int) -> int:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncGenerator, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -229,6 +229,29 @@ class Client:
 
     def group_offsets(self, topic: str, group: str) -> list[dict[str, Any]]:
         return self._run(self._aio.group_offsets(topic, group))
+
+    def subscribe(self, pattern: str) -> Iterator[TopicMessage]:
+        """Live subscribe to topics matching `pattern` (see AsyncClient.subscribe)."""
+        return self._iterate(self._aio.subscribe(pattern))
+
+    def stream(self, queue: str, prefetch: int = 10) -> Iterator[Message]:
+        """Push delivery from a queue (see AsyncClient.stream); ack each message as usual."""
+        return self._iterate(self._aio.stream(queue, prefetch))
+
+    def _iterate(self, agen: AsyncGenerator[T, None]) -> Iterator[T]:
+        async def step() -> T:
+            return await agen.__anext__()
+
+        try:
+            while True:
+                try:
+                    item = self._run(step())
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            if not self._loop.is_closed():
+                self._run(agen.aclose())
 
     # -- exactly-once and cluster -------------------------------------------------------------
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import raftmq
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, wait_until
 
 
 def urls(cluster: Cluster) -> list[str]:
@@ -163,3 +165,68 @@ def test_cluster_status(shared_cluster: Cluster) -> None:
     with raftmq.Client(urls(shared_cluster)) as mq:
         st = mq.cluster_status()
     assert st["leader"] in {m["id"] for m in st["members"]} and len(st["members"]) == 3
+
+
+def collect(it: Iterator[Any], count: int, out: list[Any], last_text: str | None = None) -> None:
+    for item in it:
+        out.append(item)
+        if len(out) >= count or (last_text is not None and item.text == last_text):
+            return
+
+
+def test_live_subscribe_and_queue_stream(shared_cluster: Cluster) -> None:
+    with raftmq.Client(urls(shared_cluster)) as mq:
+        mq.create_topic("c.live.a")
+        mq.create_topic("c.live.b")
+        mq.create_queue("c-push")
+        got: list[raftmq.TopicMessage] = []
+        sub = mq.subscribe("c.live.*")
+        t = threading.Thread(target=collect, args=(sub, 1000, got, "y"))
+        t.start()
+        wait_until(lambda: publish_until_seen(mq, got), timeout_s=20, what="live events")
+        mq.publish_topic("c.live.b", "y")
+        t.join(20)
+        sub.close()
+        assert {(m.topic, m.text) for m in got} == {("c.live.a", "x"), ("c.live.b", "y")}
+        mq.publish("c-push", ["p1", "p2", "p3"])
+        pushed: list[raftmq.Message] = []
+        for msg in mq.stream("c-push", prefetch=2):
+            pushed.append(msg)
+            mq.ack("c-push", msg)
+            if len(pushed) == 3:
+                break
+        assert [m.text for m in pushed] == ["p1", "p2", "p3"]
+
+
+def publish_until_seen(mq: raftmq.Client, got: list[raftmq.TopicMessage]) -> bool:
+    """The subscription starts when its stream opens: publish until it has seen something."""
+    if not got:
+        mq.publish_topic("c.live.a", "x")
+    return bool(got)
+
+
+def test_subscribe_resumes_on_another_node_without_gaps_or_repeats(cluster: Cluster) -> None:
+    first, second = cluster.nodes[0], cluster.nodes[1]
+    with raftmq.Client([first.url, second.url]) as sub_client, \
+            raftmq.Client([second.url, cluster.nodes[2].url]) as pub:
+        pub.create_topic("c.resume")
+        got: list[raftmq.TopicMessage] = []
+        t = threading.Thread(target=collect, args=(sub_client.subscribe("c.resume"), 6, got),
+                             daemon=True)
+        t.start()
+        wait_until(lambda: publish_until_seen_topic(pub, got), timeout_s=20, what="first event")
+        seen = got[0].offset
+        pub.publish_topic("c.resume", ["b1", "b2"])
+        wait_until(lambda: len(got) >= 3, timeout_s=20, what="events before the kill")
+        cluster.kill(first)
+        pub.publish_topic("c.resume", ["a1", "a2", "a3"])
+        t.join(60)
+        offsets = [m.offset for m in got]
+        assert offsets == list(range(seen, seen + 6)), offsets
+        assert [m.text for m in got[-3:]] == ["a1", "a2", "a3"]
+
+
+def publish_until_seen_topic(pub: raftmq.Client, got: list[raftmq.TopicMessage]) -> bool:
+    if not got:
+        pub.publish_topic("c.resume", "first")
+    return bool(got)

@@ -46,7 +46,8 @@ def test_standard_set_runs_against_its_own_cluster_and_stops_it() -> None:
         assert r["msgs_per_s"] > 0 and r["mb_per_s"] > 0
         lat = r["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"], r
-        assert r["node_cpu_s_per_msg"] is not None and r["node_cpu_s_per_msg"] > 0, r
+        # known, since the tool knows the node PIDs (0 possible: /proc counts 10 ms ticks)
+        assert r["node_cpu_s_per_msg"] is not None and r["node_cpu_s_per_msg"] >= 0, r
         assert r["codec"] in ("json", "msgpack")
     assert results[3]["e2e_latency_ms"]["p50"] is not None
     cluster = out["cluster"]

@@ -99,8 +99,10 @@ class ApplyCore:
         return self.state.encode_snapshot()
 
     def install(self, state: StateMachine) -> None:
+        """Replace the state (a snapshot loaded at start or received from the leader)."""
         with self.lock:
             self.state = state
+        self._notify()  # long polls waiting on a follower that caught up by snapshot
 
 
 class _RaftBroker(SyncObj):  # type: ignore[misc]

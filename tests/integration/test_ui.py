@@ -233,13 +233,32 @@ async def drive_console(url: str, tmp_path: Path) -> None:
         button = '#dlq-rows tr[data-key="orders-dlq"] button[name=redrive]'
         assert await page.js(f"document.querySelector('{button}').closest('tr')"
                              ".querySelector('input[name=to]').value") == "orders"
-        await page.click(button)
-        message = await page.poll("document.getElementById('redrive-result').textContent",
-                                  "the redrive result")
+        # mistakes are explained and move nothing: a bad max (checked by the page), a missing
+        # target queue (the API's error, shown as it came)
+        assert await redrive_message(page, button, "orders", "5000") == (
+            "Redrive: max must be a whole number from 1 to 1000.")
+        message = await redrive_message(page, button, "no-such-queue", "100")
+        assert message.startswith("Redrive: queue_not_found:"), message
+        assert stats(url, "orders-dlq")["ready"] == 3
+        message = await redrive_message(page, button, "orders", "100")
         assert message == "Moved 3 message(s) from orders-dlq to orders.", message
         await page.poll(f"{cell('orders', 1)} === '3' && {cell('orders-dlq', 1)} === '0'",
                         "the tables to show the moved messages")
         await save_screenshot(page, tmp_path, "console.png")
+
+
+async def redrive_message(page: Page, button: str, to: str, max_messages: str) -> str:
+    """Fill the DLQ row's form, click Redrive, and return the result line the page shows."""
+    await page.js(f"""(() => {{
+        const tr = document.querySelector('{button}').closest('tr');
+        tr.querySelector('input[name=to]').value = {json.dumps(to)};
+        tr.querySelector('input[name=max]').value = {json.dumps(max_messages)};
+        document.getElementById('redrive-result').textContent = '';
+    }})()""")
+    await page.click(button)
+    message: str = await page.poll("document.getElementById('redrive-result').textContent",
+                                   "the redrive result")
+    return message
 
 
 async def save_screenshot(page: Page, tmp_path: Path, name: str) -> None:

@@ -86,14 +86,17 @@ class Msg:
         self.ready_at_ms = 0
 
     def encode(self) -> list[Any]:
-        return [getattr(self, f) for f in self.FIELDS]
+        return [self.id, self.body, self.headers, self.priority, self.group,
+                self.correlation_id, self.reply_to, self.published_at, self.receive_count,
+                self.expires_at, self.pos, self.state, self.delivery, self.lease_ms,
+                self.ready_at_ms]
 
     @classmethod
-    def decode(cls, fields: list[Any]) -> Msg:
-        assert len(fields) == len(cls.FIELDS), "message record of the wrong length"
-        m = cls.__new__(cls)
-        for name, value in zip(cls.FIELDS, fields, strict=True):
-            setattr(m, name, value)
+    def decode(cls, f: list[Any]) -> Msg:
+        assert len(f) == len(cls.FIELDS), "message record of the wrong length"
+        m = cls(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7])
+        (m.receive_count, m.expires_at, m.pos, m.state, m.delivery, m.lease_ms,
+         m.ready_at_ms) = f[8:]
         return m
 
 
@@ -207,7 +210,8 @@ class Queue:
             self._remove(victim)
             self.dropped_total += 1
             dropped.append(victim)
-        self._clean_tops()
+        if dropped:
+            self._clean_tops()
         return dropped
 
     def _offer(self, msg: Msg) -> None:

@@ -88,7 +88,7 @@ class BrokerState:
 
     def _q_publish(self, cmd: Result) -> Result:
         name = self._queue_name(cmd)
-        messages = validate.publish_messages(cmd.get("messages"), self.limits)
+        messages = validate.publish_messages_checked(cmd.get("messages"), self.limits)
         return self._producer_wrapped(
             cmd, lambda: self.queues.publish(name, messages, self.now_ms))
 

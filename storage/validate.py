@@ -183,6 +183,46 @@ def publish_messages(value: Any, limits: Limits = DEFAULT_LIMITS,
     return [message(m, f"{field}[{i}]", limits) for i, m in enumerate(value)]
 
 
+def publish_messages_checked(value: Any, limits: Limits = DEFAULT_LIMITS) -> list[dict[str, Any]]:
+    """publish_messages for `apply`: messages already normalized by the node pass a cheap check
+    (same rules, no copies); anything else gets the full validation and its error."""
+    if (type(value) is list and 0 < len(value) <= limits.batch_messages_max
+            and all(_is_normalized(m, limits) for m in value)):
+        return value
+    return publish_messages(value, limits)
+
+
+def _is_normalized(m: Any, limits: Limits) -> bool:
+    if type(m) is not dict:
+        return False
+    body, hdrs, priority = m.get("body"), m.get("headers"), m.get("priority")
+    if type(body) is not bytes or len(body) > limits.body_bytes_max or type(hdrs) is not dict:
+        return False
+    if type(priority) is not int or not 0 <= priority <= limits.priority_max:
+        return False
+    if hdrs and not _headers_ok(hdrs, limits):
+        return False
+    for key, maximum in (("delay_s", limits.delay_s_max), ("ttl_s", limits.ttl_s_max)):
+        v: Any = m.get(key)
+        # bool is not int here (type, not isinstance); NaN fails the range comparison
+        if type(v) not in (int, float) or not 0 <= v <= maximum:
+            return False
+    for key in ("group", "dedup_id", "correlation_id", "reply_to"):
+        v = m.get(key)
+        if v is not None and (type(v) is not str or not 0 < len(v)
+                              <= limits.string_field_chars_max):
+            return False
+    return True
+
+
+def _headers_ok(hdrs: dict[Any, Any], limits: Limits) -> bool:
+    try:
+        headers(hdrs, "headers", limits)
+    except BrokerError:
+        return False
+    return True
+
+
 # ----- consumers
 
 def receive_request(body: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:

@@ -129,3 +129,16 @@ def test_seconds_and_count() -> None:
     fails("invalid_request", "x", validate.seconds, 11, "x", maximum=10)
     assert validate.count(3, "n", minimum=1, maximum=3) == 3
     fails("invalid_request", "n", validate.count, 4, "n", maximum=3)
+
+
+def test_apply_side_check_accepts_normalized_and_validates_the_rest() -> None:
+    normalized = validate.publish_messages([{"body": "x", "headers": {"k": "v"},
+                                             "priority": 3, "delay_s": 1.5}])
+    assert validate.publish_messages_checked(normalized) is normalized
+    assert validate.publish_messages_checked([{"body": "x"}])[0]["body"] == b"x"
+    for bad in ([{**normalized[0], "priority": 10}], [{**normalized[0], "ttl_s": -1}],
+                [{**normalized[0], "headers": {"k": 1}}], [{**normalized[0], "group": ""}],
+                [{**normalized[0], "delay_s": float("nan")}], [], "x"):
+        fails("invalid_request", "messages", validate.publish_messages_checked, bad)
+    fails("message_too_large", "messages[0].body", validate.publish_messages_checked,
+          [{**normalized[0], "body": b"12345"}], Limits(body_bytes_max=4))

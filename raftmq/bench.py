@@ -57,6 +57,7 @@ BODY_VARIANTS = 8                # distinct pre-built request bodies per workloa
 READY_TIMEOUT_S = 60.0           # local cluster: all nodes ready within this
 DRAIN_TIMEOUT_S = 60.0           # e2e/receive: consumers give up this long after producers
 REQUEST_TIMEOUT_S = 30.0
+RETRIES_MAX = 20                 # attempts after a retryable answer (429/503), per request
 RETRY_SLEEP_S_MAX = 0.5          # back-off after a retryable (429/503) answer or a lost connection
 PROGRESS_INTERVAL_S = 1.0
 PREFILL_DEFAULT = 100_000        # receive/topic-read with --duration: messages put in first
@@ -203,6 +204,7 @@ class Stats:
     latencies_s: list[float] = field(default_factory=list)
     e2e_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    error_messages: dict[str, str] = field(default_factory=dict)  # the first one per code
 
     def ok(self, latency_s: float, msgs: int, body_bytes: int) -> None:
         self.requests += 1
@@ -210,8 +212,9 @@ class Stats:
         self.body_bytes += body_bytes
         self.latencies_s.append(latency_s)
 
-    def fail(self, code: str) -> None:
+    def fail(self, code: str, message: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
+        self.error_messages.setdefault(code, message[:300])
         if sum(self.errors.values()) > ERRORS_MAX:
             raise BenchError(f"more than {ERRORS_MAX} failed requests (ERRORS_MAX): {self.errors}")
 
@@ -331,11 +334,13 @@ class Client:
         except ValueError:
             return status, {"raw": raw[:200].decode(errors="replace")}
 
-    def error_code(self, status: int, raw: bytes) -> str:
+    def error_of(self, status: int, raw: bytes) -> tuple[str, str]:
+        """(code, message) of an error answer."""
         try:
-            return str(self.codec.loads(raw)["error"]["code"])
+            error = self.codec.loads(raw)["error"]
+            return str(error["code"]), str(error.get("message", ""))
         except (ValueError, KeyError, TypeError):
-            return f"http_{status}"
+            return f"http_{status}", raw[:200].decode(errors="replace")
 
     async def setup(self, method: str, path: str, obj: Any = None) -> Any:
         """A set-up call that must succeed (2xx), retried while the cluster is not ready."""
@@ -354,20 +359,25 @@ class Client:
 
 async def timed(stats: Stats, client: Client, method: str, url: str,
                 body: bytes | None) -> tuple[int, bytes, float]:
-    """One request with its latency; failures are counted in stats (status 0: no answer)."""
+    """One request and its latency, retried while the answer is retryable (429/503: nothing
+    was applied) up to RETRIES_MAX times; the latency includes the retries. Every failed
+    attempt is counted in stats (status 0: no answer)."""
     t0 = time.perf_counter()
-    try:
-        status, raw = await client.raw(method, url, body)
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        stats.fail(type(exc).__name__)
-        await asyncio.sleep(RETRY_SLEEP_S_MAX)
-        return 0, b"", 0.0
-    latency_s = time.perf_counter() - t0
-    if status >= 300:
-        stats.fail(client.error_code(status, raw))
-        if status in (429, 503):
-            await asyncio.sleep(RETRY_SLEEP_S_MAX / 5)
-    return status, raw, latency_s
+    for _attempt in range(RETRIES_MAX + 1):
+        try:
+            status, raw = await client.raw(method, url, body)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            stats.fail(type(exc).__name__, str(exc))
+            await asyncio.sleep(RETRY_SLEEP_S_MAX)
+            return 0, b"", 0.0
+        if status < 300:
+            break
+        code, message = client.error_of(status, raw)
+        stats.fail(code, message)
+        if status not in (429, 503):
+            break
+        await asyncio.sleep(RETRY_SLEEP_S_MAX / 5)
+    return status, raw, time.perf_counter() - t0
 
 
 async def negotiate(session: aiohttp.ClientSession, url: str, wanted: str) -> Codec:
@@ -521,7 +531,8 @@ async def prefill(run: Run, count: int, topic: bool) -> None:
     batch = min(BATCH_MAX, count)
     await run_all(publishers(run, stats, batch, PREFILL_CONCURRENCY, count, None, topic))
     if stats.msgs < count:
-        raise BenchError(f"pre-fill published {stats.msgs} of {count}: errors {stats.errors}")
+        raise BenchError(f"pre-fill published {stats.msgs} of {count}: errors {stats.errors} "
+                         f"{stats.error_messages}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -649,6 +660,7 @@ def summarise(run: Run, wall_s: float, cpu: CpuUse) -> dict[str, Any]:
     errors = dict(run.producers.errors)
     for code, n in run.consumers.errors.items():
         errors[code] = errors.get(code, 0) + n
+    messages = {**run.consumers.error_messages, **run.producers.error_messages}
     return {
         "workload": spec.workload, "label": spec.name(), "batch": spec.batch,
         "concurrency": spec.concurrency, "consumers": spec.consumers, "size_bytes": spec.size_bytes,
@@ -661,7 +673,7 @@ def summarise(run: Run, wall_s: float, cpu: CpuUse) -> dict[str, Any]:
         "e2e_latency_ms": latency_summary(run.consumers.e2e_ms) if spec.workload == "e2e"
         else None,
         **cpu_fields(cpu, wall_s, main.msgs),
-        "errors": errors,
+        "errors": errors, "error_messages": messages,
     }
 
 
@@ -931,7 +943,8 @@ def table(results: list[dict[str, Any]]) -> str:
             lines.append(f"{r['label']}: publish->receive latency p50 {fmt(e['p50'], 1)} ms, "
                          f"p99 {fmt(e['p99'], 1)} ms (latency columns: publish requests)")
         if r["errors"]:
-            lines.append(f"{r['label']}: errors {r['errors']}")
+            lines.append(f"{r['label']}: failed attempts {r['errors']} "
+                         f"(first messages: {r.get('error_messages')})")
     codec = results[0]["codec"] if results else "-"
     lines.append(f"codec {codec}; latency per HTTP request (receive: receive and ack requests); "
                  f"node CPU summed over the node processes")

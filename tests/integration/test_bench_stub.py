@@ -34,6 +34,7 @@ class StubBroker:
         self.topics: dict[str, list[dict[str, Any]]] = {}
         self.published = self.acked = self.next_id = 0
         self.content_types: set[str] = set()
+        self.refuse_next = 0  # answer this many publishes 503 `unavailable` (not applied)
 
     async def body(self, request: web.Request) -> Any:
         raw = await request.read()
@@ -65,6 +66,10 @@ class StubBroker:
 
     async def publish(self, request: web.Request) -> web.Response:
         msgs = (await self.body(request))["messages"]
+        if self.refuse_next > 0:
+            self.refuse_next -= 1
+            error = {"code": "unavailable", "message": "busy", "retryable": True}
+            return self.answer(request, {"error": error}, 503)
         queue = self.queues[request.match_info["q"]]
         ids = []
         for m in msgs:
@@ -253,3 +258,12 @@ def test_limits_are_enforced_with_a_clear_error(capsys) -> None:
 def test_unreachable_server_fails_cleanly(capsys) -> None:
     assert bench.main(["publish", "-n", "10", "--url", "http://127.0.0.1:9", "-q"]) == 1
     assert "raftmq bench:" in capsys.readouterr().err
+
+
+def test_retryable_answers_are_retried_and_counted(stub, capsys) -> None:
+    broker, url = stub
+    broker.refuse_next = 3
+    [r] = run_bench(capsys, "publish", "--url", url, "-n", "200", "-b", "10", "-c", "2")
+    assert r["msgs"] == 200 == broker.published
+    assert r["errors"] == {"unavailable": 3}
+    assert r["error_messages"] == {"unavailable": "busy"}

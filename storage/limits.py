@@ -44,6 +44,9 @@ class Limits:
     producers_max: int = 100_000
     producer_seq_window: int = 1000
     producer_idle_expiry_s: int = 7 * 24 * 3600
+    # push subscriptions (webhooks)
+    push_url_chars_max: int = 2048
+    push_in_flight_max: int = 1000
     # transactions
     txn_parts_max: int = 100  # ack + publish entries in one transaction
     # node resources (enforced at the HTTP edge of each node, not by apply)

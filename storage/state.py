@@ -132,10 +132,13 @@ class BrokerState:
         name = self._queue_name(cmd)
         self.queues.get(name)
         url = cmd.get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise BrokerError("invalid_request", "url: an http:// or https:// URL is required")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")) \
+                or len(url) > self.limits.push_url_chars_max:
+            raise BrokerError("invalid_request", "url: an http:// or https:// URL of at most "
+                                                 f"{self.limits.push_url_chars_max} characters "
+                                                 "is required")
         max_in_flight = validate.count(cmd.get("max_in_flight"), "max_in_flight", minimum=1,
-                                       maximum=self.limits.receive_max_messages)
+                                       maximum=self.limits.push_in_flight_max)
         self.push[name] = {"url": url, "max_in_flight": max_in_flight}
         return {"push": {"queue": name, **self.push[name]}}
 

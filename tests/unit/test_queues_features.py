@@ -338,3 +338,23 @@ def test_topic_publish_routes_all_or_nothing(b: Broker) -> None:
     b.ok(op="queue.purge", queue="full")
     b.ok(op="topic.publish", topic="t", messages=[{"body": b"x", "headers": {}, "key": None}])
     assert b.bodies("roomy") == [b"x"] and b.bodies("full") == [b"x"]
+
+
+# ----- push subscriptions (replicated; the leader's node delivers)
+
+def test_push_subscription_is_state_and_goes_with_the_queue(b: Broker) -> None:
+    b.create("q")
+    b.err("queue_not_found", op="queue.push_set", queue="nope", url="http://x/", max_in_flight=1)
+    b.err("invalid_request", op="queue.push_set", queue="q", url="ftp://x", max_in_flight=1)
+    b.err("invalid_request", op="queue.push_set", queue="q", url="http://x/", max_in_flight=0)
+    r = b.ok(op="queue.push_set", queue="q", url="http://127.0.0.1:9/hook", max_in_flight=4)
+    assert r == {"push": {"queue": "q", "url": "http://127.0.0.1:9/hook", "max_in_flight": 4}}
+    assert b.state.push_subscriptions() == {"q": {"url": "http://127.0.0.1:9/hook",
+                                                  "max_in_flight": 4}}
+    restored = type(b.state).decode_snapshot(b.state.encode_snapshot())
+    assert restored.push_subscriptions() == b.state.push_subscriptions()
+    assert b.ok(op="queue.push_delete", queue="q") == {"deleted": True}
+    assert b.state.push_subscriptions() == {}
+    b.ok(op="queue.push_set", queue="q", url="http://h/", max_in_flight=1)
+    b.ok(op="queue.delete", queue="q")
+    assert b.state.push_subscriptions() == {}

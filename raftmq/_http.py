@@ -208,6 +208,9 @@ class Transport:
                     extra_wait_s: float) -> tuple[int, Any, Any]:
         remaining_s = state.deadline - time.monotonic()
         if remaining_s <= 0:
+            if state.last is not None:  # the back-off overshot: report what really failed
+                state.last.outcome_unknown = state.unknown
+                raise state.last
             raise _NotSent("deadline passed")
         total_s = min(remaining_s, self.policy.attempt_timeout_s + extra_wait_s)
         timeout = aiohttp.ClientTimeout(total=total_s,

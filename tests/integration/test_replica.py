@@ -357,3 +357,19 @@ def test_single_node_cluster_commits_and_restarts_with_its_state(tmp_path: Path)
         assert [k for _, k in node.applied_log()[:20]] == list(range(20))
     finally:
         c.stop()
+
+
+def test_loop_threading_mode_replicates_in_one_order(tmp_path: Path) -> None:
+    """threading_mode="loop" (doTick from the event loop, the measured alternative) works too."""
+    c = Cluster(tmp_path, extra=["--threading-mode", "loop"])
+    try:
+        c.start()
+        leader = c.wait_stable()
+        follower = c.followers(leader)[0]
+        cmds = [{"op": "test.record", "key": i} for i in range(30)]
+        outs = follower.call("POST", "/propose_many", {"cmds": cmds})
+        assert [o["result"]["recorded"] for o in outs] == list(range(30))
+        log = wait_logs_equal(list(c.nodes.values()), 30)
+        assert sorted(k for _, k in log) == list(range(30))
+    finally:
+        c.stop()

@@ -230,3 +230,14 @@ def publish_until_seen_topic(pub: raftmq.Client, got: list[raftmq.TopicMessage])
     if not got:
         pub.publish_topic("c.resume", "first")
     return bool(got)
+
+
+def test_msgpack_codec_carries_raw_bytes(shared_cluster: Cluster) -> None:
+    with raftmq.Client(urls(shared_cluster), codec="msgpack") as mq:
+        mq.create_queue("c-mp")
+        mq.publish("c-mp", [b"\x00\xffraw", "text"])
+        msgs = mq.receive("c-mp", max_messages=2)
+        assert [m.data for m in msgs] == [b"\x00\xffraw", b"text"]
+        assert mq.ack("c-mp", msgs).count == 2
+        with pytest.raises(raftmq.QueueNotFound):
+            mq.queue_info("c-mp-missing")

@@ -23,9 +23,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--faults", default=DEFAULT_FAULTS,
                    help="comma list of families (kill,pause,partition,corrupt,power-loss,"
                         "wipe-majority,none) or kinds (e.g. kill-leader)")
-    p.add_argument("--workload", default="queue", choices=("queue",))
+    p.add_argument("--workload", default="queue", choices=("queue", "topic", "mixed"))
     p.add_argument("--producers", type=int, default=4)
     p.add_argument("--consumers", type=int, default=4)
+    p.add_argument("--drain-timeout", type=float, default=90.0,
+                   help="seconds the final drain may take")
     p.add_argument("--node-cmd", default=None,
                    help="command that runs a node (default: the venv's `raftmq node`)")
 
@@ -34,7 +36,8 @@ def _config(args: argparse.Namespace, seed: int, out: Path, nodes: int) -> RunCo
     cfg = RunConfig(nodes=nodes, duration_s=args.duration,
                     faults=[f for f in args.faults.split(",") if f], workload=args.workload,
                     seed=seed, out=out,
-                    wl=WorkloadConfig(producers=args.producers, consumers=args.consumers))
+                    wl=WorkloadConfig(producers=args.producers, consumers=args.consumers,
+                                      drain_timeout_s=args.drain_timeout))
     if args.node_cmd:
         cfg.node_cmd = args.node_cmd.split()
     return cfg

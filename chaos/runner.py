@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chaos import report
-from chaos.checker import availability, check_queue
+from chaos.checker import availability, check_queue, check_topic
 from chaos.client import Http
 from chaos.cluster import Cluster, default_node_cmd
 from chaos.faults import Fault, Nemesis, schedule
@@ -21,6 +21,7 @@ from chaos.history import OK, History
 from chaos.lazyfs import LazyMounts
 from chaos.lazyfs import unavailable_reason as lazyfs_unavailable
 from chaos.netns import NetnsUnavailable, Network, cleanup_orphans, enter_netns, unavailable_reason
+from chaos.topics import TopicWorkload
 from chaos.workload import Target, Workload, WorkloadConfig
 
 READY_TIMEOUT_S = 60.0
@@ -99,38 +100,55 @@ async def _main(cfg: RunConfig, cluster: Cluster, net: Network, history: History
     try:
         targets = [Target(n.node_id, n.http_url) for n in cluster.nodes]
         wl = Workload(http, history, targets, cfg.wl, cfg.seed)
+        tw = TopicWorkload(http, history, targets, cfg.seed)
         nemesis = Nemesis(cluster, net, http, history, cfg.seed, lazyfs=mounts)
         phases: dict[str, Any] = {}
         phases["ready_s"] = await wait_ready(http, targets, READY_TIMEOUT_S)
         if phases["ready_s"] is None:
             phases["error"] = "cluster never became ready"
             return phases
-        if not await _create_queue(wl, targets):
+        queues = cfg.workload in ("queue", "mixed")
+        topics = cfg.workload in ("topic", "mixed")
+        if queues and not await _create_queue(wl, targets):
             phases["error"] = "could not create the queue"
             return phases
-        await _exercise(cfg, wl, nemesis, faults)
+        if topics and not await tw.setup():
+            phases["error"] = "could not create the topic (does the server have topics?)"
+            return phases
+        await _exercise(cfg, wl if queues else None, tw if topics else None, nemesis, faults)
         await nemesis.heal_all()
         phases["ready_after_heal_s"] = await wait_ready(http, targets, READY_TIMEOUT_S)
         t_drain = time.monotonic()
-        phases["drained"] = await wl.drain()
+        phases["drained"] = await wl.drain() if queues else True
         phases["drain_s"] = round(time.monotonic() - t_drain, 2)
-        await wl.final_state()
+        if queues:
+            await wl.final_state()
+        if topics:
+            phases["topic_watermarks_agreed"] = await tw.final_reads()
         history.nemesis("note", {"drain_complete": phases["drained"]})
         return phases
     finally:
         await http.close()
 
 
-async def _exercise(cfg: RunConfig, wl: Workload, nemesis: Nemesis, faults: list[Fault]) -> None:
-    tasks = [asyncio.create_task(wl.producer(i)) for i in range(cfg.wl.producers)]
-    tasks += [asyncio.create_task(wl.consumer(i)) for i in range(cfg.wl.consumers)]
+async def _exercise(cfg: RunConfig, wl: Workload | None, tw: TopicWorkload | None,
+                    nemesis: Nemesis, faults: list[Fault]) -> None:
+    tasks = []
+    if wl is not None:
+        tasks += [asyncio.create_task(wl.producer(i)) for i in range(cfg.wl.producers)]
+        tasks += [asyncio.create_task(wl.consumer(i)) for i in range(cfg.wl.consumers)]
+    if tw is not None:
+        tasks += [asyncio.create_task(tw.producer(i)) for i in range(tw.producers)]
+        tasks += [asyncio.create_task(tw.reader(i)) for i in range(tw.readers)]
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     try:
         await nemesis.run(faults, t0)
         await asyncio.sleep(max(0.0, t0 + cfg.duration_s - loop.time()))
     finally:
-        wl.stop.set()
+        for w in (wl, tw):
+            if w is not None:
+                w.stop.set()
         _done, pending = await asyncio.wait(tasks, timeout=WORKLOAD_STOP_TIMEOUT_S)
         for task in pending:
             task.cancel()
@@ -164,9 +182,13 @@ async def wait_ready(http: Http, targets: list[Target], timeout_s: float) -> flo
 def _judge(cfg: RunConfig, history: History, faults: list[Fault], phases: dict[str, Any],
            started: float) -> dict[str, Any]:
     queue = check_queue(history.ops)
+    topic = check_topic(history.ops)
     avail = availability(history.ops)
     setup_ok = "error" not in phases and bool(phases.get("drained"))
-    valid = setup_ok and queue["valid"]
+    valid = setup_ok and queue["valid"] and topic["valid"]
+    counts = {c: a["count"] for c, a in queue["anomalies"].items()}
+    if cfg.workload in ("topic", "mixed"):
+        counts.update({f"topic.{c}": a["count"] for c, a in topic["anomalies"].items()})
     return {
         "valid": valid,
         "seed": cfg.seed,
@@ -180,8 +202,9 @@ def _judge(cfg: RunConfig, history: History, faults: list[Fault], phases: dict[s
         "schedule": [asdict(f) for f in faults],
         "ops": len(history.ops),
         "queue": queue,
+        "topic": topic,
         "availability": avail,
-        "anomaly_counts": {c: a["count"] for c, a in queue["anomalies"].items()},
+        "anomaly_counts": counts,
     }
 
 

@@ -25,6 +25,7 @@ RETIRE_CODES = ("producer_fenced", "producer_unknown", "out_of_order_sequence")
 RETRIES_MAX = 20
 BACKOFF_S = 0.1
 BACKOFF_MAX_S = 1.0
+DRAIN_IDLE_S = 0.2
 
 
 @dataclass
@@ -197,8 +198,10 @@ class Workload:
         while time.monotonic() < deadline:
             rounds += 1
             got_any = await self._drain_round(rounds)
-            if not got_any and await self._all_empty():
-                return True
+            if not got_any:
+                if await self._all_empty():
+                    return True
+                await asyncio.sleep(DRAIN_IDLE_S)  # leases of dropped deliveries run out
         return False
 
     async def _drain_round(self, rounds: int) -> bool:

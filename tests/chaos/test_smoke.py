@@ -9,6 +9,8 @@ proves the harness can fail.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +18,12 @@ from typing import Any
 
 import pytest
 
+from chaos.lazyfs import unavailable_reason as lazyfs_unavailable
+
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("netns_available")]
 
 REPO = Path(__file__).resolve().parents[2]
-RUN_DURATION_S = 30
+LONG_ENV = "RAFTMQ_CHAOS_LONG"
 RUN_TIMEOUT_S = 240
 
 
@@ -44,9 +48,16 @@ def bad_classes(report: dict[str, Any]) -> dict[str, int]:
     return {c: n for c, n in report["anomaly_counts"].items() if n}
 
 
-@pytest.mark.parametrize(("faults", "seed"), [("kill", 11), ("pause", 12), ("partition", 13)])
-def test_fault_run_loses_nothing(tmp_path: Path, faults: str, seed: int) -> None:
-    rc, report = run_chaos(tmp_path, "--duration", str(RUN_DURATION_S), "--faults", faults,
+@pytest.mark.parametrize(("faults", "seed", "duration_s", "kinds"), [
+    ("kill,pause", 9, 25, ["kill-leader", "pause-minority"]),
+    ("partition", 9, 22, ["partition-bridge", "partition-leader"]),
+    ("power-loss", 16, 22, ["power-all", "power-one"]),
+])
+def test_fault_run_loses_nothing(tmp_path: Path, faults: str, seed: int, duration_s: int,
+                                 kinds: list[str]) -> None:
+    if faults == "power-loss" and lazyfs_unavailable():
+        pytest.skip(f"power loss needs the lazy FUSE fs: {lazyfs_unavailable()}")
+    rc, report = run_chaos(tmp_path, "--duration", str(duration_s), "--faults", faults,
                            "--seed", str(seed))
     assert bad_classes(report) == {}, json.dumps(report["queue"]["anomalies"])[:3000]
     assert report["phases"].get("drained") is True, report["phases"]
@@ -54,16 +65,30 @@ def test_fault_run_loses_nothing(tmp_path: Path, faults: str, seed: int) -> None
     assert report["valid"] is True
     assert report["queue"]["stats"]["publish_acked"] >= 200  # the workload really ran
     windows = report["availability"]["faults"]
-    assert len(windows) >= 2 and all(w["fault"].startswith(faults) for w in windows)
+    assert [w["fault"] for w in windows] == kinds
     assert report["availability"]["heals_without_later_write"] == 0
     assert (tmp_path / "report.html").read_text().count("<rect") >= len(windows)
 
 
 def test_wipe_majority_is_reported_invalid(tmp_path: Path) -> None:
-    rc, report = run_chaos(tmp_path, "--duration", "20", "--faults", "wipe-majority",
+    rc, report = run_chaos(tmp_path, "--duration", "15", "--faults", "wipe-majority",
                            "--seed", "3")
     assert rc == 1
     assert report["valid"] is False
     assert report["schedule"] and report["schedule"][0]["kind"] == "wipe-majority"
     bad = bad_classes(report)
     assert bad.get("lost", 0) + bad.get("duplicated", 0) + bad.get("divergent", 0) > 0, bad
+
+
+def test_power_loss_without_fsync_is_reported_invalid(tmp_path: Path) -> None:
+    """Planted bug: nodes whose fsync does nothing (eatmydata) must lose data on power loss."""
+    if os.environ.get(LONG_ENV) != "1":
+        pytest.skip(f"long chaos test: set {LONG_ENV}=1 to run it")
+    if lazyfs_unavailable() or shutil.which("eatmydata") is None:
+        pytest.skip(f"needs the lazy FUSE fs and eatmydata: {lazyfs_unavailable()}")
+    node_cmd = f"eatmydata {Path(sys.executable).parent / 'raftmq'} node"
+    rc, report = run_chaos(tmp_path, "--duration", "20", "--faults", "power-all", "--seed", "6",
+                           "--node-cmd", node_cmd, "--drain-timeout", "20")
+    assert rc == 1
+    assert report["valid"] is False
+    assert report["anomaly_counts"]["lost"] > 0

@@ -3,7 +3,7 @@
 Exactly-once publishing is the default: see docs/client.md.
 """
 
-from raftmq.aio import AckResult, AsyncClient, AsyncTransaction
+from raftmq.aio import AsyncClient, AsyncTransaction
 from raftmq.client import Client, Transaction
 from raftmq.errors import (
     AlreadyExists,
@@ -25,6 +25,7 @@ from raftmq.errors import (
     Unavailable,
 )
 from raftmq.models import (
+    AckResult,
     Message,
     ProducerRef,
     Published,

@@ -21,6 +21,7 @@ from raftmq._http import RetryPolicy, StreamBroken, Transport, parse_urls
 from raftmq._producer import Producer
 from raftmq.errors import TopicNotFound
 from raftmq.models import (
+    AckResult,
     Message,
     Messages,
     MessageSpec,
@@ -51,19 +52,6 @@ def _q(name: str) -> str:
     if not name:
         raise ValueError("a name is needed")
     return quote(name, safe="")
-
-
-class AckResult:
-    """How many receipts took effect, and which were stale (redelivered since, or unknown)."""
-
-    __slots__ = ("count", "stale")
-
-    def __init__(self, count: int, stale: list[str]) -> None:
-        self.count = count
-        self.stale = stale
-
-    def __repr__(self) -> str:
-        return f"AckResult(count={self.count}, stale={self.stale!r})"
 
 
 class AsyncTransaction:
@@ -132,11 +120,16 @@ class AsyncClient:
                              attempt_timeout_s=attempt_timeout_s)
         self._http = Transport(parse_urls(urls), policy, token, codec)
         self.exactly_once = exactly_once
-        self.producer = Producer(self._http, producer_id)
+        self._producer = Producer(self._http, producer_id)
 
     @property
     def urls(self) -> list[str]:
         return list(self._http.urls)
+
+    @property
+    def producer(self) -> ProducerRef | None:
+        """This client's producer (id, epoch, next seq), once registered."""
+        return self._producer.ref
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -154,7 +147,7 @@ class AsyncClient:
     async def _publish(self, path: str, body: dict[str, Any]) -> Any:
         if not self.exactly_once:
             return await self._http.call("POST", path, body, retry_unknown=False)
-        return await self.producer.send(path, lambda ref: {**body, "producer": ref})
+        return await self._producer.send(path, lambda ref: {**body, "producer": ref})
 
     # -- queues -------------------------------------------------------------------------------
 
@@ -377,7 +370,7 @@ class AsyncClient:
     async def register_producer(self) -> ProducerRef:
         """Register this client's producer now (publish does it on first use). Registering
         again bumps the epoch and fences any other client using the same producer id."""
-        return await self.producer.register_now()
+        return await self._producer.register_now()
 
     def transaction(self) -> AsyncTransaction:
         return AsyncTransaction(self)

@@ -21,8 +21,9 @@ from collections.abc import AsyncGenerator, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
-from raftmq.aio import AckResult, AsyncClient, Receipts, max_offset
+from raftmq.aio import AsyncClient, Receipts, max_offset
 from raftmq.models import (
+    AckResult,
     Message,
     Messages,
     MessageSpec,
@@ -106,7 +107,7 @@ class Client:
     @property
     def producer(self) -> ProducerRef | None:
         """This client's producer (id, epoch, next seq), once registered."""
-        return self._aio.producer.ref
+        return self._aio.producer
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         assert threading.current_thread() is not self._thread, "re-entrant call from the loop"

@@ -109,6 +109,15 @@ class Message:
 
 
 @dataclass(frozen=True)
+class AckResult:
+    """How many receipts took effect (acked/nacked), and which were stale (redelivered since,
+    already acked, or unknown)."""
+
+    count: int
+    stale: list[str]
+
+
+@dataclass(frozen=True)
 class Published:
     id: str
     duplicate: bool = False

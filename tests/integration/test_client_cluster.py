@@ -155,7 +155,7 @@ def test_async_client(shared_cluster: Cluster) -> None:
             await asyncio.gather(*(mq.publish("c-async", f"m{i}") for i in range(10)))
             msgs = await mq.receive("c-async", max_messages=10)
             await mq.ack("c-async", msgs)
-            assert mq.producer.ref is not None and mq.producer.ref.seq == 10
+            assert mq.producer is not None and mq.producer.seq == 10
             return sorted(m.text for m in msgs)
 
     assert asyncio.run(run()) == sorted(f"m{i}" for i in range(10))

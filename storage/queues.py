@@ -774,6 +774,8 @@ class Queues:
         out: list[dict[str, Any]] = []
         ids: list[int] = []
         dropped: list[Msg] = []
+        default_delay_ms = s_to_ms(q.config["delay_s"])
+        default_ttl_ms = s_to_ms(q.config["message_ttl_s"])
         for m, original in zip(messages, originals, strict=True):
             if original is not None:
                 mid = ids[-1 - original] if original < 0 else original
@@ -783,13 +785,19 @@ class Queues:
             mid = self.next_msg_id
             self.next_msg_id += 1
             ids.append(mid)
-            msg = make_message(mid, m, now_ms)
-            delay_ms = s_to_ms(m.get("delay_s") or q.config["delay_s"])
-            ttl_ms = s_to_ms(m.get("ttl_s") or q.config["message_ttl_s"])
-            dropped.extend(q.enqueue(msg, delay_ms, ttl_ms, now_ms))
+            get = m.get
+            # headers are shared with the command, never changed in place (dead-lettering copies)
+            msg = Msg(mid, m["body"], get("headers") or {}, get("priority") or 0, get("group"),
+                      get("correlation_id"), get("reply_to"), now_ms)
+            delay_s, ttl_s = get("delay_s"), get("ttl_s")
+            gone = q.enqueue(msg, s_to_ms(delay_s) if delay_s else default_delay_ms,
+                             s_to_ms(ttl_s) if ttl_s else default_ttl_ms, now_ms)
+            if gone:
+                dropped.extend(gone)
             q.published_total += 1
-            if m.get("dedup_id") is not None:
-                q.dedup_remember(m["dedup_id"], mid, now_ms)
+            dedup_id = get("dedup_id")
+            if dedup_id is not None:
+                q.dedup_remember(dedup_id, mid, now_ms)
             out.append({"id": str(mid), "duplicate": False})
         self.route_dead(q, [(d, REASON_OVERFLOW) for d in dropped], now_ms)
         self.reschedule(q)

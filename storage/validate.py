@@ -202,15 +202,17 @@ def _is_normalized(m: Any, limits: Limits) -> bool:
         return False
     if hdrs and not _headers_ok(hdrs, limits):
         return False
-    for key, maximum in (("delay_s", limits.delay_s_max), ("ttl_s", limits.ttl_s_max)):
-        v: Any = m.get(key)
-        # bool is not int here (type, not isinstance); NaN fails the range comparison
-        if type(v) not in (int, float) or not 0 <= v <= maximum:
-            return False
-    for key in ("group", "dedup_id", "correlation_id", "reply_to"):
-        v = m.get(key)
-        if v is not None and (type(v) is not str or not 0 < len(v)
-                              <= limits.string_field_chars_max):
+    get = m.get
+    delay_s: Any = get("delay_s")
+    ttl_s: Any = get("ttl_s")
+    # bool is not int here (type, not isinstance); NaN fails the range comparison
+    if type(delay_s) not in (int, float) or not 0 <= delay_s <= limits.delay_s_max:
+        return False
+    if type(ttl_s) not in (int, float) or not 0 <= ttl_s <= limits.ttl_s_max:
+        return False
+    chars_max = limits.string_field_chars_max
+    for v in (get("group"), get("dedup_id"), get("correlation_id"), get("reply_to")):
+        if v is not None and (type(v) is not str or not 0 < len(v) <= chars_max):
             return False
     return True
 

@@ -123,8 +123,28 @@ def respond(request: web.Request, data: Any, status: int = 200,
     if wants_msgpack(request):
         return web.Response(body=msgpack.packb(data, use_bin_type=True), status=status,
                             content_type=MSGPACK, headers=headers)
-    return web.Response(text=json.dumps(jsonable(data), separators=(",", ":")), status=status,
-                        content_type=JSON, headers=headers)
+    return web.Response(text=dump_json(data), status=status, content_type=JSON,
+                        headers=headers)
+
+
+def dump_json(data: Any) -> str:
+    """JSON text of a result. Fast path: bytes that are UTF-8 become text in json.dumps itself;
+    only when some body is not UTF-8 does the slower walk (base64 + marker) run."""
+    try:
+        return json.dumps(data, separators=(",", ":"), default=_utf8_text)
+    except (UnicodeDecodeError, TypeError):
+        return json.dumps(jsonable(data), separators=(",", ":"))
+
+
+def sse_event(event: str, data: Any) -> bytes:
+    """One server-sent event carrying a JSON document."""
+    return f"event: {event}\ndata: {dump_json(data)}\n\n".encode()
+
+
+def _utf8_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def jsonable(value: Any) -> Any:

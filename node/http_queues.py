@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import functools
-import json
 import time
 from typing import Any
 
 from aiohttp import web
 
 from node.app import NodeContext, ctx, set_stream_headers
-from node.codec import decode_bodies, jsonable, query_int, read_body, respond
+from node.codec import decode_bodies, query_int, read_body, respond, sse_event
 from storage import validate
 from storage.errors import BrokerError
 
@@ -138,10 +137,6 @@ def still_in_flight(state: Any, now_ms: int, *, name: str, receipts: list[str]) 
     if queue is None:
         return []
     return [r for r in receipts if queue.current(r) is not None]
-
-
-def sse_event(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(jsonable(data))}\n\n".encode()
 
 
 def client_gone(request: web.Request) -> bool:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -11,7 +10,7 @@ from aiohttp import web
 
 from node import auth
 from node.app import ctx, set_stream_headers
-from node.codec import decode_bodies, jsonable, query_float, query_int, read_body, respond
+from node.codec import decode_bodies, query_float, query_int, read_body, respond, sse_event
 from node.http_queues import publish_command, queue_name, raise_if_error
 from storage import bindings as binding_rules
 from storage import topics as topic_rules
@@ -191,7 +190,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
         events = context.read(lambda s, now: read_new(s.topics, pattern, cursors))
         for event in events:
             cursors[(event["topic"], event["partition"])] = event["offset"] + 1
-            await response.write(sse("message", event))
+            await response.write(sse_event("message", event))
         if time.monotonic() - last_beat > SSE_HEARTBEAT_S:
             await response.write(b": heartbeat\n\n")
             last_beat = time.monotonic()
@@ -237,10 +236,6 @@ def validate_offsets(value: Any) -> list[dict[str, int]]:
         out.append({"partition": validate.count(item.get("partition"), f"offsets[{i}].partition"),
                     "offset": validate.count(item.get("offset"), f"offsets[{i}].offset")})
     return out
-
-
-def sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(jsonable(data))}\n\n".encode()
 
 
 def setup(app: web.Application) -> None:

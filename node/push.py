@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
@@ -19,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from node.app import NodeContext, ctx
-from node.codec import jsonable, read_body, respond
+from node.codec import dump_json, read_body, respond
 from node.http_queues import queue_name
 from replication import ProposalError
 from storage import validate
@@ -67,7 +66,7 @@ class PushWorker:
         try:
             while True:
                 self.supervise()
-                await self.context.notifier.wait(SUPERVISE_INTERVAL_S)
+                await self.context.notifier.wait(SUPERVISE_INTERVAL_S, counted=False)
         finally:
             for _, task in self.deliverers.values():
                 task.cancel()
@@ -104,7 +103,7 @@ class PushWorker:
                         task.add_done_callback(in_flight.discard)
                     if result["messages"]:
                         continue
-                await self.context.notifier.wait(SUPERVISE_INTERVAL_S)
+                await self.context.notifier.wait(SUPERVISE_INTERVAL_S, counted=False)
         except (BrokerError, ProposalError) as exc:
             log.info("event=push_paused queue=%s reason=%s", queue, exc)
         finally:
@@ -117,7 +116,7 @@ class PushWorker:
         ok = False
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
             async with self.session.post(
-                    url, data=json.dumps(jsonable(message)),
+                    url, data=dump_json(message),
                     headers={"Content-Type": "application/json", "X-Raftmq-Queue": queue,
                              "X-Raftmq-Message-Id": str(message["id"])}) as resp:
                 ok = 200 <= resp.status < 300

@@ -26,18 +26,21 @@ class ApplyNotifier:
     def full(self) -> bool:
         return self.waiters >= self.waiters_max
 
-    async def wait(self, timeout_s: float) -> bool:
-        """Wait until the next apply or the timeout; True if woken by an apply."""
+    async def wait(self, timeout_s: float, *, counted: bool = True) -> bool:
+        """Wait until the next apply or the timeout; True if woken by an apply.
+
+        `counted` waits are client requests (long polls, streams): they count toward
+        `waiters` and the long-poll limit. The node's own background work passes False."""
         if timeout_s <= 0:
             return False
         if self._generation is None or self._generation.done():
             self._generation = asyncio.get_running_loop().create_future()
         generation = self._generation
-        self.waiters += 1
+        self.waiters += counted
         try:
             await asyncio.wait_for(asyncio.shield(generation), timeout_s)
             return True
         except TimeoutError:
             return False
         finally:
-            self.waiters -= 1
+            self.waiters -= counted

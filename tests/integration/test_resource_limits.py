@@ -44,18 +44,17 @@ def test_memory_high_watermark_refuses_publishes_but_consumers_work(tight: Clust
 def test_long_polls_max(tight: Cluster) -> None:
     url = tight.nodes[1].url
     assert http("PUT", f"{url}/v1/queues/lp").status == 201
-    done = threading.Event()
-
-    def first() -> None:
-        http("POST", f"{url}/v1/queues/lp/receive", {"wait_s": 3})
-        done.set()
-
-    threading.Thread(target=first, daemon=True).start()
+    assert "raftmq_long_polls_waiting 0.0" in http("GET", f"{url}/metrics").body
+    first: dict[str, int] = {}
+    t = threading.Thread(target=lambda: first.update(
+        status=http("POST", f"{url}/v1/queues/lp/receive", {"wait_s": 3}).status))
+    t.start()
     wait_until(lambda: "raftmq_long_polls_waiting 1.0" in http("GET", f"{url}/metrics").body,
                what="one long poll waiting")
     r = http("POST", f"{url}/v1/queues/lp/receive", {"wait_s": 3})
     assert r.status == 429 and r.body["error"]["code"] == "overloaded", r.body
-    assert done.wait(10)
+    t.join(timeout=10)
+    assert first["status"] == 200, "the poll within the limit is served"
 
 
 def test_a_slow_body_is_cut_off_with_408(tight: Cluster) -> None:

@@ -26,6 +26,7 @@ ENV_TOKEN = "RAFTMQ_TOKEN"
 DEFAULT_URL = "http://127.0.0.1:8701,http://127.0.0.1:8702,http://127.0.0.1:8703"
 STDIN_BATCH_MAX = 100          # stdin lines per publish request
 CELL_CHARS_MAX = 60            # table cells are cut to this width
+FOLLOW_WAIT_S = 20.0           # long-poll wait of --follow (the node's maximum)
 
 Handler = Callable[[Client, argparse.Namespace, "Output"], int]
 
@@ -462,9 +463,8 @@ def _validate(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be >= 1")
-    if getattr(args, "follow", False) and getattr(args, "command", "") == "receive" \
-            and not args.wait_s:
-        args.wait_s = 20.0
+    if getattr(args, "follow", False) and not args.wait_s:
+        args.wait_s = FOLLOW_WAIT_S  # --follow long-polls; never a busy loop
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,8 @@ TOPIC_CLASSES = (
     "offset_gap",  # the final log of a partition skips an offset
     "divergent",  # final reads through two nodes differ
     "nonmonotonic_send",  # one producer's later publish got a lower offset (same partition)
-    "committed_offset_regression",  # a committed group offset went backwards
+    "committed_offset_regression",  # a group-offset read missed the last ok commit before it
+    "stale_read",  # a linearizable read missed an offset acked before it was invoked
 )
 
 
@@ -337,6 +338,7 @@ def check_topic(ops: list[Op]) -> dict[str, Any]:
     _check_topic_final(facts, found)
     _check_sends(facts, found)
     _check_group_offsets(ops, found)
+    _check_stale_reads(ops, found)
     stats = {"publish_attempted": len(facts.attempts), "publish_acked": len(facts.acked),
              "values_read": len(facts.read_values), "final_nodes": sorted(facts.final)}
     return {"valid": found.valid(), "anomalies": found.summary(), "stats": stats}
@@ -378,26 +380,63 @@ def _check_sends(facts: TopicFacts, found: Anomalies) -> None:
 
 
 def _check_group_offsets(ops: list[Op], found: Anomalies) -> None:
-    """After commit(o) returned ok, a read invoked later must return >= o."""
-    commits: dict[tuple[str, str, int], list[tuple[int, int]]] = defaultdict(list)
+    """A linearizable read of a group's committed offset returns the last commit before it.
+
+    Allowed: the value of the last commit that returned ok before the read was invoked, or the
+    value of any commit with an unknown outcome invoked before the read (it may land late).
+    """
+    commits: dict[tuple[str, str, int], list[tuple[int, int, str]]] = defaultdict(list)
     reads: list[tuple[Op, Op]] = []
     for inv, comp in pairs(ops):
-        if comp is None or comp["type"] != OK:
-            continue
-        if inv["f"] == "group-commit":
+        if inv["f"] == "group-commit" and (comp is None or comp["type"] != FAIL):
+            done_ns = comp["time_ns"] if comp is not None else inv["time_ns"]
+            kind = comp["type"] if comp is not None else INFO
             for po in inv["value"]["offsets"]:
                 key = (inv["value"]["topic"], inv["value"]["group"], int(po["partition"]))
-                commits[key].append((comp["time_ns"], int(po["offset"])))
-        elif inv["f"] == "group-read":
+                commits[key].append((done_ns if kind == OK else inv["time_ns"],
+                                     int(po["offset"]), kind))
+        elif inv["f"] == "group-read" and comp is not None and comp["type"] == OK:
             reads.append((inv, comp))
     for inv, comp in reads:
         for p in comp["value"]["partitions"]:
             key = (inv["value"]["topic"], inv["value"]["group"], int(p["partition"]))
-            floor = max((o for t, o in commits.get(key, []) if t < inv["time_ns"]), default=None)
+            before = sorted(c for c in commits.get(key, []) if c[0] < inv["time_ns"])
+            last_ok = [o for _t, o, kind in before if kind == OK]
+            if not last_ok:
+                continue
+            allowed = {last_ok[-1]} | {o for _t, o, kind in before if kind == INFO}
             got = p.get("committed")
-            if floor is not None and (got is None or int(got) < floor):
-                found.add("committed_offset_regression", {"key": key, "committed_before": floor,
-                                                          "read": got, "op": inv["index"]})
+            if got is None or int(got) not in allowed:
+                found.add("committed_offset_regression", {"key": key, "last_ok_commit":
+                                                          last_ok[-1], "read": got,
+                                                          "op": inv["index"]})
+
+
+def _check_stale_reads(ops: list[Op], found: Anomalies) -> None:
+    """A linearizable read invoked after publish(v) at offset o returned must see past o."""
+    events: list[tuple[int, int, Op, Op]] = []  # (time, order, inv, comp)
+    for inv, comp in pairs(ops):
+        if comp is None or comp["type"] != OK:
+            continue
+        if inv["f"] == "topic-publish":
+            events.append((comp["time_ns"], 0, inv, comp))
+        elif inv["f"] == "topic-read" and inv["value"].get("consistency") == "linearizable":
+            events.append((inv["time_ns"], 1, inv, comp))
+    floor: dict[tuple[str, int], int] = {}
+    for _t, order, inv, comp in sorted(events, key=lambda e: (e[0], e[1])):
+        topic = inv["value"]["topic"]
+        if order == 0:
+            for po in comp["value"].get("offsets") or []:
+                if po is not None and po[1] is not None:
+                    key = (topic, int(po[0]))
+                    floor[key] = max(floor.get(key, -1), int(po[1]))
+            continue
+        key = (topic, int(inv["value"]["partition"]))
+        hw = comp["value"].get("high_watermark")
+        if key in floor and (hw is None or int(hw) <= floor[key]):
+            found.add("stale_read", {"topic": topic, "partition": key[1], "high_watermark": hw,
+                                     "acked_offset_before": floor[key], "op": inv["index"],
+                                     "node": comp["node"]})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -135,9 +135,10 @@ class TopicWorkload:
 
     async def read(self, process: str, target: Target, part: int, offset: int,
                    final: bool = False) -> Outcome:
-        query = f"offset={offset}&max={READ_MAX}" + ("&consistency=local" if final else "")
+        consistency = "local" if final else "linearizable"
+        query = f"offset={offset}&max={READ_MAX}&consistency={consistency}"
         value = {"topic": TOPIC, "partition": part, "offset": offset, "node": target.node_id,
-                 "final": final}
+                 "final": final, "consistency": consistency}
         return await self._op(process, "topic-read", value, target, "GET",
                               f"/v1/topics/{TOPIC}/partitions/{part}/messages?{query}")
 
@@ -150,7 +151,8 @@ class TopicWorkload:
                        {"offsets": offsets})
         await self._op(process, "group-read", {"topic": TOPIC, "group": value["group"]},
                        rng.choice(self.targets), "GET",
-                       f"/v1/topics/{TOPIC}/groups/{value['group']}/offsets")
+                       f"/v1/topics/{TOPIC}/groups/{value['group']}/offsets"
+                       "?consistency=linearizable")
 
     # -- final phase ------------------------------------------------------------------------
     async def final_reads(self) -> bool:

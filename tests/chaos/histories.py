@@ -70,10 +70,13 @@ class H:
                          type_, {"offsets": offsets} if type_ == OK else {})
 
     def tread(self, log: list[tuple[int, str]], partition: int = 0, node: str = "n1",
-              final: bool = False) -> H:
+              final: bool = False, hw: int | None = None, local: bool = False) -> H:
+        consistency = "local" if final or local else "linearizable"
+        high = hw if hw is not None else (log[-1][0] + 1 if log else 0)
         return self.call(f"r-{node}", "topic-read",
                          {"topic": "t", "partition": partition, "offset": 0, "node": node,
-                          "final": final}, OK, {"messages": [list(x) for x in log]})
+                          "final": final, "consistency": consistency}, OK,
+                         {"messages": [list(x) for x in log], "high_watermark": high})
 
     def commit(self, offset: int, type_: str = OK) -> H:
         return self.call("g1", "group-commit", {"topic": "t", "group": "g", "offsets":

@@ -254,8 +254,28 @@ def test_committed_offset_regression() -> None:
     only(check_topic(h.ops), "committed_offset_regression")
 
 
-def test_committed_offset_with_unknown_commit_is_not_a_floor() -> None:
-    h = clean_topic().commit(5, type_=INFO).committed(2)
+def test_committed_offset_with_unknown_commit_may_or_may_not_land() -> None:
+    h = clean_topic().commit(2).commit(5, type_=INFO).committed(2).committed(5)
+    valid(check_topic(h.ops))
+
+
+def test_committed_offset_read_before_any_commit_is_unconstrained() -> None:
+    valid(check_topic(clean_topic().committed(None).ops))
+
+
+def test_stale_linearizable_read() -> None:
+    h = H().tpublish(["a"], [(0, 0)]).tpublish(["b"], [(0, 1)], seq=1)
+    h.tread([(0, "a"), (1, "b")])
+    valid(check_topic(h.ops))
+    h.tread([(0, "a")], node="n2")  # invoked after b was acked at offset 1: must see it
+    only(check_topic(h.ops), "stale_read")
+
+
+def test_local_read_may_be_stale() -> None:
+    h = H().tpublish(["a"], [(0, 0)]).tpublish(["b"], [(0, 1)], seq=1)
+    h.tread([(0, "a"), (1, "b")], node="n1", final=True)
+    h.tread([(0, "a"), (1, "b")], node="n2", final=True)
+    h.tread([(0, "a")], node="n3", local=True)  # a lagging follower, asked for local state
     valid(check_topic(h.ops))
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, replicated
+from pysyncobj.transport import TCPTransport
 
 from replication import hardening, patches
 from replication.journal import DurableJournal
@@ -76,6 +77,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-entries", type=int, default=0)
     p.add_argument("--secret", default="")
     p.add_argument("--conf", default="{}")
+    p.add_argument("--retry", action="store_true", help="resubmit entries that failed")
     p.add_argument("--sizes", default="", help="comma list of payload sizes, one entry each")
     return p.parse_args(argv)
 
@@ -83,6 +85,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def build(ns: argparse.Namespace) -> tuple[DurabilityNode, StateBox]:
     if os.environ.get("RAFTMQ_TEST_STOCK_RESEND") == "1":  # sensitivity runs: stock behaviour
         DurableTransport._absorb_resend = lambda self, msg: msg
+    if os.environ.get("RAFTMQ_TEST_STOCK_CHUNKS") == "1":  # sensitivity runs: stock labels
+        DurableTransport._send_chunk = lambda self, node, msg: TCPTransport.send(self, node, msg)
     if os.environ.get("RAFTMQ_TEST_STOCK_CLEAR") == "1":  # sensitivity runs: stock clear()
         DurableJournal._finish_clear = lambda self, prev, last: (
             setattr(self, "_clear_pending", None) or self._rewrite([prev, last], 2)
@@ -152,19 +156,25 @@ def run_writer(node: DurabilityNode, ns: argparse.Namespace) -> None:
     lock = threading.Lock()
     sizes = [int(x) for x in ns.sizes.split(",") if x]
 
-    def done(result: Any, err: int) -> None:
-        if err == FAIL_REASON.SUCCESS:
-            with lock:
-                acks.write(result + "\n")
-                acks.flush()
-        slots.release()
+    def submit(blob: bytes) -> None:
+        def done(result: Any, err: int) -> None:
+            if err == FAIL_REASON.SUCCESS:
+                with lock:
+                    acks.write(result + "\n")
+                    acks.flush()
+                slots.release()
+            elif ns.retry:
+                submit(blob)  # outcome unknown or not applied: submit again (ids may repeat)
+            else:
+                slots.release()
+
+        node.apply_batch(blob, callback=done)
 
     seq = 0
     while not ns.max_entries or seq < ns.max_entries:
         slots.acquire()
         size = sizes[seq % len(sizes)] if sizes else ns.payload_bytes
-        blob = msgpack.packb([ns.id, seq, b"x" * size])
-        node.apply_batch(blob, callback=done)
+        submit(msgpack.packb([ns.id, seq, b"x" * size]))
         seq += 1
     for _ in range(ns.window):
         slots.acquire()

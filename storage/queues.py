@@ -148,6 +148,9 @@ Dead = list[tuple[Msg, str]]  # messages that left a queue for its dead-letter q
 class Queue:
     """One queue. Methods change only this queue; dead letters are returned to the caller."""
 
+    # lazily deleted heap entries are filtered out once they outnumber live ones by this slack
+    COMPACT_SLACK = 1024
+
     def __init__(self, name: str, config: dict[str, Any], now_ms: int) -> None:
         self.name = name
         self.config = config
@@ -577,6 +580,46 @@ class Queue:
                 continue  # a leased message expires when it comes back (see _release)
             self._expire(msg, dead)
 
+    # ----- heap hygiene
+    def compact(self) -> None:
+        """Drop stale heap entries once they dominate (amortized O(1) per entry).
+
+        Acked messages leave lease and TTL entries behind until their due time, which with a
+        long TTL would grow without bound; filtering when a heap is mostly stale bounds each
+        heap to about twice its live entries.
+        """
+        slack = self.COMPACT_SLACK
+        if len(self.leases) > 2 * self.inflight_n + slack:
+            self.leases = self._filtered(self.leases, self._valid_lease)
+        if len(self.ttls) > 2 * len(self.msgs) + slack:
+            self.ttls = self._filtered(self.ttls, self._valid_ttl)
+        if len(self.delayed) > 2 * self.delayed_n + slack:
+            self.delayed = self._filtered(self.delayed, self._valid_delay)
+        if sum(len(h) for h in self.ready) > 2 * self.ready_n + slack:
+            self.ready = [self._filtered(h, self._valid_ready) for h in self.ready]
+        assert len(self.leases) >= self.inflight_n and len(self.delayed) >= self.delayed_n
+
+    @staticmethod
+    def _filtered(heap: list[Any], valid: Callable[[Any], Msg | None]) -> list[Any]:
+        kept = [e for e in heap if valid(e) is not None]
+        heapq.heapify(kept)
+        return kept
+
+    def _valid_lease(self, e: tuple[int, int, int]) -> Msg | None:
+        msg = self.msgs.get(e[1])
+        ok = msg is not None and msg.state == INFLIGHT and msg.delivery == e[2] \
+            and msg.lease_ms == e[0]
+        return msg if ok else None
+
+    def _valid_ttl(self, e: tuple[int, int]) -> Msg | None:
+        msg = self.msgs.get(e[1])
+        return msg if msg is not None and msg.expires_at == e[0] else None
+
+    def _valid_delay(self, e: tuple[int, int]) -> Msg | None:
+        msg = self.msgs.get(e[1])
+        return msg if msg is not None and msg.state == DELAYED and msg.ready_at_ms == e[0] \
+            else None
+
     # ----- reads
     def deliverable_count(self) -> int:
         return self.ready_n
@@ -681,6 +724,8 @@ class Queues:
 
     # ----- timers
     def reschedule(self, q: Queue) -> None:
+        """After any change to q: compact its heaps and make sure its next timer is queued."""
+        q.compact()
         due = q.next_due()
         if due is None:
             return

@@ -358,3 +358,16 @@ def test_push_subscription_is_state_and_goes_with_the_queue(b: Broker) -> None:
     b.ok(op="queue.push_set", queue="q", url="http://h/", max_in_flight=1)
     b.ok(op="queue.delete", queue="q")
     assert b.state.push_subscriptions() == {}
+
+
+# ----- bounded bookkeeping
+
+def test_acked_messages_do_not_grow_timer_heaps(b: Broker) -> None:
+    b.create("q", message_ttl_s=86_400, visibility_timeout_s=3_600)
+    for _ in range(30):
+        b.publish_msgs("q", [{"body": "x"}] * 200)
+        b.ack("q", *[m["receipt"] for m in b.receive("q", 200)])
+    q = b.state.queues.queues["q"]
+    assert b.stats()["acked_total"] == 6_000
+    slack = q.COMPACT_SLACK
+    assert len(q.ttls) <= slack + 200 and len(q.leases) <= slack + 200

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -136,6 +137,12 @@ def command(data: st.DataObject, receipts: list[str]) -> dict[str, Any]:
     if op in ("purge", "delete"):
         return {"op": f"queue.{op}", "queue": queue}
     return {"op": "tick"}
+
+
+@pytest.fixture(autouse=True)
+def eager_compaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compact heaps on every command, so the property test exercises compaction too."""
+    monkeypatch.setattr(Queue, "COMPACT_SLACK", 0)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

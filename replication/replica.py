@@ -27,6 +27,7 @@ from replication.hardening import (
     install_patches,
     refuse_optimized_python,
 )
+from replication.patches import journal_for
 from replication.proposer import Proposer, unpack_entry
 from replication.types import (
     BARRIER_TIMEOUT_S_DEFAULT,
@@ -150,6 +151,24 @@ def _raft_conf(cfg: ReplicaConfig) -> dict[str, Any]:
     return conf
 
 
+def _sync_leader_before_poll(sync: Any, journal: Any) -> None:
+    """Leader: fsync new entries before waiting in poll, i.e. just after append_entries left.
+
+    The hardening journal syncs the leader in setRaftCommitIndex, after the followers' acks
+    arrived: two fsyncs in series per commit. Syncing here overlaps the leader's fsync with the
+    followers' (one at a time, p50 8.4 -> 4.3 ms and 9.1 -> 4.8 ms in two paired runs, see
+    DESIGN.md). Earlier is never less safe; the commit-time sync stays (a no-op when clean)."""
+    poller = sync._poller
+    inner = poller.poll
+
+    def poll(timeout: float) -> None:
+        if journal.dirty and sync._isLeader():
+            journal.sync()
+        inner(timeout)
+
+    poller.poll = poll
+
+
 SINGLE_NODE_POLL_S = 0.001  # poll timeout while a 1-node cluster has entries in flight
 
 
@@ -209,6 +228,8 @@ class Replica:
             window_entries_max=cfg.window_entries_max,
             pending_commands_max=cfg.pending_commands_max,
         )
+        if cfg.leader_early_sync:
+            _sync_leader_before_poll(self._sync, journal_for(self._sync.conf.journalFile))
         if len(cfg.members()) == 1 and cfg.threading_mode == "thread":
             _wake_single_node(self._sync, lambda: self._proposer.inflight_entries)
         self._watch_task = loop.create_task(self._watch())

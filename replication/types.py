@@ -51,6 +51,9 @@ class ReplicaConfig:
     # "thread": pysyncobj ticks in its own thread (default, see replication/DESIGN.md
     # "Threading"); "loop": the event loop calls doTick (measured alternative).
     threading_mode: str = "thread"
+    # The leader fsyncs its journal right before each poll when it holds unsynced entries, i.e.
+    # after append_entries left, so its fsync overlaps the followers' instead of following it.
+    leader_early_sync: bool = True
     # Extra SyncObjConf keyword arguments (timing knobs), passed through to pysyncobj.
     raft_conf: dict[str, Any] = field(default_factory=dict)
 

@@ -33,10 +33,13 @@ def main() -> None:
     ap.add_argument("--in-flight", default="1,64")
     ap.add_argument("--raft-conf", default="{}")
     ap.add_argument("--threading-mode", default="thread", choices=["thread", "loop"])
+    ap.add_argument("--no-leader-early-sync", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cluster = Cluster(Path(tmp), size=args.nodes, extra=["--raft-conf", args.raft_conf,
-                                               "--threading-mode", args.threading_mode])
+                                               "--threading-mode", args.threading_mode,
+                                               *(["--no-leader-early-sync"]
+                                                 if args.no_leader_early_sync else [])])
         try:
             cluster.start()
             leader = cluster.wait_stable()

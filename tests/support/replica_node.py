@@ -183,12 +183,14 @@ async def main(argv: list[str]) -> None:
     ap.add_argument("--raft-conf", default="{}")
     ap.add_argument("--no-leader-grace-s", type=float, default=3.0)
     ap.add_argument("--threading-mode", default="thread", choices=["thread", "loop"])
+    ap.add_argument("--no-leader-early-sync", action="store_true")
     args = ap.parse_args(argv)
     inner_cls = BrokerState
     cfg = ReplicaConfig(node_id=args.id, raft_addr=args.raft, peers=_parse_peers(args.peers),
                         data_dir=Path(args.data_dir), secret=b"replica-test-secret",
                         no_leader_grace_s=args.no_leader_grace_s,
                         threading_mode=args.threading_mode,
+                        leader_early_sync=not args.no_leader_early_sync,
                         raft_conf=json.loads(args.raft_conf))
     replica = await Replica.start(
         cfg, state_factory=lambda: RecordingState(inner_cls()),

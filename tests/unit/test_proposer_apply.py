@@ -57,3 +57,46 @@ def test_a_listener_that_raises_does_not_break_apply() -> None:
 
     core = ApplyCore(ExplodingState(), bad_listener)
     assert core.apply_blob(entry("f")) == [{"ok": "f"}]
+
+
+class FakePoller:
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def poll(self, timeout: float) -> None:
+        self.timeouts.append(timeout)
+
+
+class FakeSync:
+    def __init__(self) -> None:
+        self._poller = FakePoller()
+        self.leader = False
+
+    def _isLeader(self) -> bool:  # noqa: N802 (pysyncobj's name)
+        return self.leader
+
+
+class FakeJournal:
+    def __init__(self) -> None:
+        self.dirty = False
+        self.syncs = 0
+
+    def sync(self) -> None:
+        self.syncs += 1
+        self.dirty = False
+
+
+def test_leader_syncs_new_entries_before_each_poll_and_followers_do_not() -> None:
+    from replication.replica import _sync_leader_before_poll
+
+    sync, journal = FakeSync(), FakeJournal()
+    inner = sync._poller
+    _sync_leader_before_poll(sync, journal)
+    journal.dirty = True
+    sync._poller.poll(0.05)  # follower: its acks are synced by the transport, not here
+    assert journal.syncs == 0 and journal.dirty
+    sync.leader = True
+    sync._poller.poll(0.05)
+    sync._poller.poll(0.05)  # clean: no second fsync
+    assert journal.syncs == 1 and not journal.dirty
+    assert inner.timeouts == [0.05, 0.05, 0.05]  # the real poll still runs every time

@@ -156,8 +156,8 @@ def _sync_leader_before_poll(sync: Any, journal: Any) -> None:
 
     The hardening journal syncs the leader in setRaftCommitIndex, after the followers' acks
     arrived: two fsyncs in series per commit. Syncing here overlaps the leader's fsync with the
-    followers' (one at a time, p50 8.4 -> 4.3 ms and 9.1 -> 4.8 ms in two paired runs, see
-    DESIGN.md). Earlier is never less safe; the commit-time sync stays (a no-op when clean)."""
+    followers' (one at a time: p50 median 9.2 -> 4.8 ms over 5 paired runs, DESIGN.md).
+    Earlier is never less safe; the commit-time sync stays (a no-op when clean)."""
     poller = sync._poller
     inner = poller.poll
 

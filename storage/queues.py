@@ -175,6 +175,8 @@ class Queue:
         self.dropped_total = 0
         self.expired_total = 0
         self.purged_total = 0
+        self.delivered_total = 0
+        self.nacked_total = 0
         self.moved_out_total = 0  # redriven to another queue
         self.dead_letter_dropped_total = 0  # dead letters lost: the dead-letter queue was full
         self.last_activity_ms = now_ms
@@ -361,6 +363,7 @@ class Queue:
             msg.receive_count += 1
             msg.state = INFLIGHT
             self.inflight_n += 1
+            self.delivered_total += 1
             if not auto_ack:
                 msg.delivery = delivery
                 delivery += 1
@@ -423,6 +426,7 @@ class Queue:
                 stale.append(receipt)
                 continue
             nacked += 1
+            self.nacked_total += 1
             self._release(msg, delay_ms, now_ms, dead)
         self._clean_tops()
         return nacked, stale, dead
@@ -646,6 +650,8 @@ class Queue:
             "dropped_total": self.dropped_total,
             "expired_total": self.expired_total,
             "purged_total": self.purged_total,
+            "delivered_total": self.delivered_total,
+            "nacked_total": self.nacked_total,
             "dead_letter_dropped_total": self.dead_letter_dropped_total,
             "oldest_ready_age_s": self.oldest_ready_age_s(now_ms),
             "bytes": self.total_bytes,
@@ -671,8 +677,9 @@ class Queue:
                          self.delayed_n, self.waiting_n, self.total_bytes,
                          self.published_total, self.acked_total, self.dead_lettered_total,
                          self.dropped_total, self.expired_total, self.purged_total,
-                         self.moved_out_total, self.dead_letter_dropped_total,
-                         self.last_activity_ms, self.scheduled_ms],
+                         self.delivered_total, self.nacked_total, self.moved_out_total,
+                         self.dead_letter_dropped_total, self.last_activity_ms,
+                         self.scheduled_ms],
         }
 
     @classmethod
@@ -694,15 +701,10 @@ class Queue:
         q.dedup_order = deque((e[0], e[1]) for e in d["dedup_order"])
         (q.next_pos, q.ready_n, q.ready_bytes, q.inflight_n, q.delayed_n, q.waiting_n,
          q.total_bytes, q.published_total, q.acked_total, q.dead_lettered_total,
-         q.dropped_total, q.expired_total, q.purged_total, q.moved_out_total,
+         q.dropped_total, q.expired_total, q.purged_total, q.delivered_total,
+         q.nacked_total, q.moved_out_total,
          q.dead_letter_dropped_total, q.last_activity_ms, q.scheduled_ms) = d["counters"]
         return q
-
-
-def make_message(mid: int, m: dict[str, Any], now_ms: int) -> Msg:
-    """A Msg from a validated message dict (see storage.validate.publish_messages)."""
-    return Msg(mid, m["body"], dict(m.get("headers") or {}), int(m.get("priority") or 0),
-               m.get("group"), m.get("correlation_id"), m.get("reply_to"), now_ms)
 
 
 class Queues:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.state import BrokerState
+from tests.unit.test_state_props import check_state
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUES = ["q0", "q1", "q2", "dlq", "bad name!"]
@@ -190,6 +191,7 @@ def test_two_fresh_states_end_byte_identical() -> None:
     a, b = BrokerState(), BrokerState()
     run_stream([a, b], seed=1, n=4000)
     assert a.encode_snapshot() == b.encode_snapshot()
+    check_state(a)  # the queue invariants hold after a stream of every op, topics included
     assert len(a.queues.queues) > 0
 
 

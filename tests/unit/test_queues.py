@@ -202,6 +202,8 @@ def test_nack_returns_now_or_after_delay(b: Broker) -> None:
     assert [m["body"] for m in got] == [b"y"] and got[0]["receive_count"] == 2
     # nacking a stale receipt changes nothing
     assert b.ok(op="queue.nack", queue="q", receipts=[y["receipt"]])["stale"] == [y["receipt"]]
+    s = b.stats()
+    assert (s["delivered_total"], s["nacked_total"]) == (4, 2)
 
 
 def test_visibility_extend_shorten_and_release(b: Broker) -> None:

@@ -625,6 +625,41 @@ class Queue:
             else None
 
     # ----- reads
+    def peek(self, max_messages: int) -> list[dict[str, Any]]:
+        """Up to max_messages ready messages in delivery order, changing nothing.
+
+        O(heap size) at worst (a sorted view of each priority heap), for consoles and DLQ
+        inspection; never on a hot path.
+        """
+        out: list[dict[str, Any]] = []
+        for level in range(PRIORITY_LEVELS - 1, -1, -1):
+            for entry in sorted(self.ready[level]):
+                if len(out) >= max_messages:
+                    return out
+                msg = self._valid_ready(entry)
+                if msg is not None:
+                    out.append(self.view(msg))
+        return out
+
+    @staticmethod
+    def view(msg: Msg) -> dict[str, Any]:
+        return {"id": str(msg.id), "body": msg.body, "headers": msg.headers,
+                "priority": msg.priority, "group": msg.group,
+                "correlation_id": msg.correlation_id, "reply_to": msg.reply_to,
+                "published_at": msg.published_at, "receive_count": msg.receive_count}
+
+    def group_states(self, max_groups: int) -> list[dict[str, Any]]:
+        """The first max_groups groups: which are busy (one in flight) or blocked (waiting)."""
+        out: list[dict[str, Any]] = []
+        for name, g in self.groups.items():
+            if len(out) >= max_groups:
+                break
+            assert g.active is not None
+            active = self.msgs[g.active]
+            state = {INFLIGHT: "busy", DELAYED: "delayed"}.get(active.state, "ready")
+            out.append({"group": name, "state": state, "waiting": len(g.waiting)})
+        return out
+
     def deliverable_count(self) -> int:
         return self.ready_n
 

@@ -313,6 +313,21 @@ class BrokerState:
         info["push"] = self.push.get(name)
         return info
 
+    def peek(self, name: str, max_messages: int) -> Result:
+        """Ready messages in delivery order without receiving them (consoles, DLQ inspection)."""
+        q = self.queues.queues.get(name)
+        if q is None:
+            return error_result("queue_not_found", f"queue: {name!r} does not exist")
+        limit = max(1, min(max_messages, self.limits.receive_max_messages))
+        return {"messages": q.peek(limit)}
+
+    def queue_groups(self, name: str, max_groups: int = 1000) -> Result:
+        """Message groups of a queue and their state (busy: one in flight; waiting: behind it)."""
+        q = self.queues.queues.get(name)
+        if q is None:
+            return error_result("queue_not_found", f"queue: {name!r} does not exist")
+        return {"groups": q.group_states(max(1, max_groups))}
+
     def ready_count(self, name: str, now_ms: int) -> int:
         """Messages deliverable now (+1 if a timer is due); -1 if the queue does not exist."""
         if name not in self.queues.queues:

@@ -371,3 +371,26 @@ def test_acked_messages_do_not_grow_timer_heaps(b: Broker) -> None:
     assert b.stats()["acked_total"] == 6_000
     slack = q.COMPACT_SLACK
     assert len(q.ttls) <= slack + 200 and len(q.leases) <= slack + 200
+
+
+def test_peek_shows_ready_messages_in_delivery_order_and_changes_nothing(b: Broker) -> None:
+    b.create("q")
+    b.publish_msgs("q", [{"body": "low"}, {"body": "high", "priority": 7}, {"body": "low2"}])
+    m = b.receive("q", 1)[0]
+    assert m["body"] == b"high"
+    before = b.state.encode_snapshot()
+    peeked = b.state.peek("q", 10)["messages"]
+    assert [p["body"] for p in peeked] == [b"low", b"low2"]
+    assert [p["body"] for p in b.state.peek("q", 1)["messages"]] == [b"low"]
+    assert b.state.encode_snapshot() == before
+    assert b.state.peek("nope", 1)["error"]["code"] == "queue_not_found"
+
+
+def test_queue_groups_shows_busy_and_waiting(b: Broker) -> None:
+    b.create("q")
+    b.publish("q", "a1", "a2", group="A")
+    b.publish("q", "b1", group="B")
+    b.receive("q", 1)
+    assert b.state.queue_groups("q")["groups"] == [
+        {"group": "A", "state": "busy", "waiting": 1},
+        {"group": "B", "state": "ready", "waiting": 0}]

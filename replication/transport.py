@@ -36,6 +36,9 @@ _VOTES = ("request_vote", "response_vote")
 
 
 class DurableTransport(TCPTransport):  # type: ignore[misc]
+    # False = sync before every ack instead (the research spike's way; measurement only).
+    _release_acks_at_round_end = True
+
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:  # noqa: N803
         self._journal = patches.journal_for(syncObj.conf.journalFile)
         self._journal.leader_probe = syncObj._isLeader
@@ -69,6 +72,8 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
         kind = message.get("type")
         if kind == _ACK and (self._held_acks or self._journal.dirty):
             self._held_acks.append((node, message))
+            if not self._release_acks_at_round_end:
+                self._release_acks()
             return True
         if kind in _VOTES:
             self._release_acks()

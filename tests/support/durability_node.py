@@ -87,6 +87,8 @@ def build(ns: argparse.Namespace) -> tuple[DurabilityNode, StateBox]:
         DurableTransport._absorb_resend = lambda self, msg: msg
     if os.environ.get("RAFTMQ_TEST_STOCK_CHUNKS") == "1":  # sensitivity runs: stock labels
         DurableTransport._send_chunk = lambda self, node, msg: TCPTransport.send(self, node, msg)
+    if os.environ.get("RAFTMQ_TEST_SYNC_PER_MESSAGE") == "1":  # measurement: the spike's way
+        DurableTransport._release_acks_at_round_end = False
     if os.environ.get("RAFTMQ_TEST_STOCK_CLEAR") == "1":  # sensitivity runs: stock clear()
         DurableJournal._finish_clear = lambda self, prev, last: (
             setattr(self, "_clear_pending", None) or self._rewrite([prev, last], 2)

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from storage.errors import KINDS
 from storage.queues import DELAYED, INFLIGHT, READY, WAITING, Queue, receipt_of
 from storage.state import BrokerState
 
@@ -180,3 +181,38 @@ def test_checker_detects_a_lost_message() -> None:
     else:
         raise AssertionError("the checker accepted a corrupt state")
     assert receipt_of(q.msgs[mid]).startswith(str(mid)) and heapq is not None
+
+
+OPS = ["noop", "tick", "queue.create", "queue.delete", "queue.publish", "queue.receive",
+       "queue.ack", "queue.nack", "queue.visibility", "queue.purge", "queue.redrive",
+       "queue.push_set", "queue.push_delete", "topic.create", "topic.delete", "topic.publish",
+       "binding.create", "binding.delete", "group.commit", "producer.register", "txn"]
+FIELDS = ["queue", "config", "messages", "max_messages", "visibility_timeout_s", "ack",
+          "receipts", "delay_s", "timeout_s", "to", "topic", "producer", "id", "url",
+          "max_in_flight", "publish", "offsets", "group"]
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+                    st.floats(allow_nan=True), st.text(max_size=5), st.binary(max_size=5),
+                    st.sampled_from(["a", "q0", "1.1", "manual", "auto", "http://h/"]))
+values = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.sampled_from(["body", "id", "epoch", "seq", "queue", "topic",
+                                     "receipts", "messages", "headers", "priority",
+                                     "partitions", "x"]), inner, max_size=4)),
+    max_leaves=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(OPS),
+                          st.dictionaries(st.sampled_from(FIELDS), values, max_size=5)),
+                max_size=8))
+def test_garbage_commands_are_error_results_never_exceptions(
+        cmds: list[tuple[str, dict[str, Any]]]) -> None:
+    state = BrokerState()
+    state.apply({"op": "queue.create", "queue": "a", "config": {}}, 1)
+    state.apply({"op": "queue.publish", "queue": "a", "messages": [{"body": "x"}]}, 1)
+    for op, fields in cmds:
+        result = state.apply({"op": op, **fields}, 2)
+        assert isinstance(result, dict)
+        if "error" in result:
+            assert result["error"]["code"] in KINDS
+    check_state(state)

@@ -373,3 +373,16 @@ def test_loop_threading_mode_replicates_in_one_order(tmp_path: Path) -> None:
         assert sorted(k for _, k in log) == list(range(30))
     finally:
         c.stop()
+
+
+def test_a_command_larger_than_an_entry_goes_alone_and_replicates(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    follower = cluster.followers(leader)[0]
+    before = follower.status()["stats"]["entries_submitted"]
+    big = {"op": "test.record", "key": "big", "pad": os.urandom(1_000_000)}
+    small = [{"op": "test.record", "key": f"s{i}"} for i in range(5)]
+    outs = follower.call("POST", "/propose_many", {"cmds": [*small, big], "timeout_s": 20})
+    assert [o["result"]["recorded"] for o in outs] == [*(c["key"] for c in small), "big"]
+    assert follower.status()["stats"]["entries_submitted"] - before == 2  # small ones, big one
+    log = wait_logs_equal(list(cluster.nodes.values()), 6)
+    assert log[-1] == ["test.record", "big"]

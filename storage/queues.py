@@ -51,6 +51,11 @@ DEFAULT_QUEUE_CONFIG: dict[str, Any] = {
 }
 
 
+# One shared empty header dict for the many messages without headers (64 bytes each saved).
+# Never changed in place: results hand out a fresh {} instead, dead-lettering copies.
+EMPTY_HEADERS: dict[str, str] = {}
+
+
 def s_to_ms(seconds: float) -> int:
     """Durations in commands are seconds (int or float); inside the state they are integer ms."""
     return int(round(seconds * 1000))
@@ -95,7 +100,7 @@ class Msg:
     @classmethod
     def decode(cls, f: list[Any]) -> Msg:
         assert len(f) in (6, 15), "message record of the wrong length"
-        m = cls(f[0], f[1], f[2], f[3], None, None, None, f[4])
+        m = cls(f[0], f[1], f[2] or EMPTY_HEADERS, f[3], None, None, None, f[4])
         m.pos = f[5]
         if len(f) == 15:
             (m.group, m.correlation_id, m.reply_to, m.receive_count, m.expires_at, m.state,
@@ -375,7 +380,7 @@ class Queue:
                  now_ms: int) -> dict[str, Any]:
         assert msg.state == INFLIGHT
         view = {
-            "id": str(msg.id), "body": msg.body, "headers": msg.headers,
+            "id": str(msg.id), "body": msg.body, "headers": msg.headers or {},
             "priority": msg.priority, "group": msg.group,
             "correlation_id": msg.correlation_id, "reply_to": msg.reply_to,
             "published_at": msg.published_at, "receive_count": msg.receive_count,
@@ -643,7 +648,7 @@ class Queue:
 
     @staticmethod
     def view(msg: Msg) -> dict[str, Any]:
-        return {"id": str(msg.id), "body": msg.body, "headers": msg.headers,
+        return {"id": str(msg.id), "body": msg.body, "headers": msg.headers or {},
                 "priority": msg.priority, "group": msg.group,
                 "correlation_id": msg.correlation_id, "reply_to": msg.reply_to,
                 "published_at": msg.published_at, "receive_count": msg.receive_count}
@@ -869,8 +874,8 @@ class Queues:
             ids.append(mid)
             get = m.get
             # headers are shared with the command, never changed in place (dead-lettering copies)
-            msg = Msg(mid, m["body"], get("headers") or {}, get("priority") or 0, get("group"),
-                      get("correlation_id"), get("reply_to"), now_ms)
+            msg = Msg(mid, m["body"], get("headers") or EMPTY_HEADERS, get("priority") or 0,
+                      get("group"), get("correlation_id"), get("reply_to"), now_ms)
             delay_s, ttl_s = get("delay_s"), get("ttl_s")
             gone = q.enqueue(msg, s_to_ms(delay_s) if delay_s else default_delay_ms,
                              s_to_ms(ttl_s) if ttl_s else default_ttl_ms, now_ms)

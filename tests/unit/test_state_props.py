@@ -15,7 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage.errors import KINDS
-from storage.queues import DELAYED, INFLIGHT, READY, WAITING, Queue, receipt_of
+from storage.queues import (
+    DELAYED,
+    EMPTY_HEADERS,
+    INFLIGHT,
+    READY,
+    WAITING,
+    Queue,
+    receipt_of,
+)
 from storage.state import BrokerState
 
 QUEUES = ["a", "b", "dlq"]
@@ -72,6 +80,7 @@ def check_groups(q: Queue) -> None:
 
 
 def check_state(s: BrokerState) -> None:
+    assert EMPTY_HEADERS == {}, "the shared empty header dict was changed in place"
     seen: dict[int, str] = {}
     timers = set(s.queues.timers)
     for name, q in s.queues.queues.items():

@@ -386,3 +386,14 @@ def test_a_command_larger_than_an_entry_goes_alone_and_replicates(cluster: Clust
     assert follower.status()["stats"]["entries_submitted"] - before == 2  # small ones, big one
     log = wait_logs_equal(list(cluster.nodes.values()), 6)
     assert log[-1] == ["test.record", "big"]
+
+
+def test_barrier_on_a_follower_sees_every_earlier_write(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    for f in cluster.followers(leader):
+        for i in range(3):
+            key = f"{f.id}-{i}"
+            assert "result" in leader.propose({"op": "test.record", "key": key})
+            # Right after the barrier returns (no polling), the follower has applied the write.
+            out = f.call("POST", "/barrier")
+            assert ["test.record", key] in out["log"]

@@ -108,6 +108,13 @@ def build_app(replica: Replica) -> web.Application:
         snap = replica.read(lambda s: s.inner.encode_snapshot())
         return _pack({"crc32": zlib.crc32(snap), "bytes": len(snap)})
 
+    async def barrier(request: web.Request) -> web.Response:
+        try:
+            await replica.barrier(timeout_s=5.0)
+        except ProposalError as exc:
+            return _pack({"error": exc.code})
+        return _pack({"log": replica.read(lambda s: list(s.log))})
+
     listener_calls = [0]
 
     def on_applied() -> None:
@@ -120,6 +127,7 @@ def build_app(replica: Replica) -> web.Application:
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_get("/listener", listener)
+    app.router.add_post("/barrier", barrier)
     app.router.add_get("/queue_info", queue_info)
     app.router.add_get("/digest", digest)
     app.router.add_post("/propose", propose)

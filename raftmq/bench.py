@@ -951,10 +951,17 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so a cluster we started is stopped on the way out."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     specs = build_specs(args)
     cluster = None
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
     try:
         urls, pids = args.url, args.pids
         if not urls:
@@ -969,6 +976,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raftmq bench: {exc}", file=sys.stderr)
         return 1
     finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
         if cluster is not None:
             cluster.stop()
     status = 1 if any(r.get("failed") for r in results) else 0

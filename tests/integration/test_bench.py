@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,40 @@ def test_standard_set_runs_against_its_own_cluster_and_stops_it() -> None:
     assert cluster["local"] and len(cluster["urls"]) == 3
     assert len(cluster["node_pids"]) >= 4  # `cluster up` and its three nodes
     assert not [p for p in cluster["node_pids"] if alive(p)]
+
+
+def node_processes_below(pid: int) -> list[int]:
+    """PIDs of `node.cli node` processes among the descendants of pid."""
+    from raftmq.bench import descendants
+
+    found = []
+    for p in descendants(pid)[1:]:
+        try:
+            cmdline = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"node" in cmdline and b"--id" in cmdline:
+            found.append(p)
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_cluster_it_started() -> None:
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "raftmq.bench", "publish", "--duration", "60", "-q"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 60
+        nodes: list[int] = []
+        while len(nodes) < 3:
+            assert bench.poll() is None and time.monotonic() < deadline, "no cluster came up"
+            time.sleep(0.2)
+            nodes = node_processes_below(bench.pid)
+        bench.send_signal(signal.SIGTERM)
+        bench.wait(60)
+        assert not [p for p in nodes if alive(p)]
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()

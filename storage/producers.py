@@ -109,7 +109,7 @@ class Producers:
         p = self.table[ref["id"]]
         assert ref["seq"] == p.last_seq + 1 and ref["epoch"] == p.epoch
         p.last_seq = ref["seq"]
-        p.results.append((ref["seq"], copy.deepcopy(result)))
+        p.results.append((ref["seq"], pack_result(result)))
         while len(p.results) > self.limits.producer_seq_window:
             p.results.popleft()
         p.last_used_ms = now_ms
@@ -149,9 +149,71 @@ class Producers:
 
 
 def _as_duplicate(result: dict[str, Any]) -> dict[str, Any]:
-    dup = copy.deepcopy(result)
+    dup = unpack_result(result)
     dup["duplicate"] = True
     for m in dup.get("messages") or []:
         if isinstance(m, dict):
             m["duplicate"] = True
     return dup
+
+
+# ----- compact stored results
+#
+# A producer keeps up to producer_seq_window results; a result of a 1,000-message batch is
+# 1,000 small dicts (~250 bytes each), so 1,000 of them would cost ~250 MB per producer. The
+# message lists are stored packed instead: consecutive new queue ids as [first, count], other
+# id lists and topic (partition, offset) pairs as flat int lists. unpack(pack(r)) == r.
+
+_QUEUE_KEYS = ("id", "duplicate")
+_TOPIC_KEYS = ("partition", "offset", "duplicate")
+
+
+def pack_result(result: dict[str, Any]) -> dict[str, Any]:
+    packed = copy.deepcopy(result)
+    msgs = packed.get("messages")
+    if isinstance(msgs, list) and msgs:
+        compact = _pack_messages(msgs)
+        if compact is not None:
+            packed["messages"] = compact
+    for part in packed.get("publish") or []:  # transactions: one list per publish part
+        if isinstance(part, dict) and isinstance(part.get("messages"), list) \
+                and part["messages"]:
+            compact = _pack_messages(part["messages"])
+            if compact is not None:
+                part["messages"] = compact
+    return packed
+
+
+def unpack_result(packed: dict[str, Any]) -> dict[str, Any]:
+    result = copy.deepcopy(packed)
+    if isinstance(result.get("messages"), dict):
+        result["messages"] = _unpack_messages(result["messages"])
+    for part in result.get("publish") or []:
+        if isinstance(part, dict) and isinstance(part.get("messages"), dict):
+            part["messages"] = _unpack_messages(part["messages"])
+    return result
+
+
+def _pack_messages(msgs: list[Any]) -> dict[str, Any] | None:
+    if all(isinstance(m, dict) and tuple(m) == _QUEUE_KEYS and isinstance(m["id"], str)
+           and m["id"].isdigit() and str(int(m["id"])) == m["id"] for m in msgs):
+        ids = [int(m["id"]) for m in msgs]
+        dups = [bool(m["duplicate"]) for m in msgs]
+        if not any(dups) and ids == list(range(ids[0], ids[0] + len(ids))):
+            return {"range": [ids[0], len(ids)]}
+        return {"ids": ids, "dups": dups}
+    if all(isinstance(m, dict) and tuple(m) == _TOPIC_KEYS for m in msgs):
+        return {"po": [x for m in msgs for x in (m["partition"], m["offset"])],
+                "dups": [bool(m["duplicate"]) for m in msgs]}
+    return None
+
+
+def _unpack_messages(c: dict[str, Any]) -> list[dict[str, Any]]:
+    if "range" in c:
+        first, n = c["range"]
+        return [{"id": str(i), "duplicate": False} for i in range(first, first + n)]
+    if "ids" in c:
+        return [{"id": str(i), "duplicate": d} for i, d in zip(c["ids"], c["dups"], strict=True)]
+    it = iter(c["po"])
+    return [{"partition": p, "offset": o, "duplicate": d}
+            for (p, o), d in zip(zip(it, it, strict=True), c["dups"], strict=True)]

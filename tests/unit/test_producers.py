@@ -199,3 +199,23 @@ def test_txn_with_producer_is_idempotent(b: Broker) -> None:
     again = b.ok(**cmd)  # the receipt is gone now, but the seq was applied: same answer
     assert again["duplicate"] is True and again["acked"] == first["acked"] == 1
     assert b.stats("out")["published_total"] == 1
+
+
+def test_stored_results_are_packed_and_unpack_exactly() -> None:
+    from storage.producers import pack_result, unpack_result
+
+    queue = {"messages": [{"id": str(i), "duplicate": False} for i in range(7, 1007)],
+             "duplicate": False}
+    packed = pack_result(queue)
+    assert packed["messages"] == {"range": [7, 1000]}
+    mixed = {"messages": [{"id": "5", "duplicate": True}, {"id": "9", "duplicate": False}],
+             "duplicate": False}
+    topic = {"messages": [{"partition": 1, "offset": 4, "duplicate": False},
+                          {"partition": 0, "offset": 9, "duplicate": False}],
+             "duplicate": False}
+    txn = {"acked": 1, "publish": [{"queue": "q", "messages": queue["messages"][:2]},
+                                   {"topic": "t", "messages": topic["messages"]}],
+           "duplicate": False}
+    odd = {"messages": [{"id": "007", "duplicate": False}], "duplicate": False}
+    for result in (queue, mixed, topic, txn, odd, {"id": "p", "epoch": 1}, {}):
+        assert unpack_result(pack_result(result)) == result

@@ -33,6 +33,7 @@ from pysyncobj import FAIL_REASON
 
 from replication.types import (
     ENTRY_BYTES_MAX_DEFAULT,
+    PENDING_BYTES_MAX_DEFAULT,
     PENDING_COMMANDS_MAX_DEFAULT,
     PROPOSAL_TIMEOUT_S_DEFAULT,
     WINDOW_ENTRIES_MAX_DEFAULT,
@@ -139,15 +140,18 @@ class Proposer:
         entry_bytes_max: int = ENTRY_BYTES_MAX_DEFAULT,
         window_entries_max: int = WINDOW_ENTRIES_MAX_DEFAULT,
         pending_commands_max: int = PENDING_COMMANDS_MAX_DEFAULT,
+        pending_bytes_max: int = PENDING_BYTES_MAX_DEFAULT,
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         assert entry_bytes_max > ENTRY_HEADER_BYTES_MAX and window_entries_max >= 1
-        assert pending_commands_max >= 1
+        assert pending_commands_max >= 1 and pending_bytes_max >= 1
         self._loop = loop
         self._submit_fn = submit
         self._entry_bytes_max = entry_bytes_max
         self._window_entries_max = window_entries_max
         self._pending_commands_max = pending_commands_max
+        self._pending_bytes_max = pending_bytes_max
+        self._pending_bytes = 0  # packed bytes of the proposals in self._pending
         self._clock_ms = clock_ms
         self._pending: deque[_Proposal] = deque()
         self._inflight: set[_Entry] = set()
@@ -169,11 +173,18 @@ class Proposer:
             raise ProposalError(self._refuse.code, self._refuse.message)
         if len(self._pending) >= self._pending_commands_max:
             raise ProposalError(
-                "unavailable",
+                "overloaded",
                 f"too many proposals waiting (pending_commands_max={self._pending_commands_max})",
             )
-        proposal = _Proposal(pack_command(cmd), self._loop.create_future(), timeout_s)
+        packed = pack_command(cmd)
+        if self._pending and self._pending_bytes + len(packed) > self._pending_bytes_max:
+            raise ProposalError(
+                "overloaded",
+                f"too many bytes waiting (pending_bytes_max={self._pending_bytes_max})",
+            )
+        proposal = _Proposal(packed, self._loop.create_future(), timeout_s)
         self._pending.append(proposal)
+        self._pending_bytes += len(packed)
         self._schedule_flush()
         self._arm_deadline(proposal)
         return await proposal.future
@@ -250,11 +261,11 @@ class Proposer:
         while self._pending:
             head = self._pending[0]
             if head.future.done():  # its caller gave up before it was proposed
-                self._pending.popleft()
+                self._pop_pending()
                 continue
             if batch and size + len(head.packed) > budget:
                 break
-            self._pending.popleft()
+            self._pop_pending()
             batch.append(head)
             size += len(head.packed)
             if size >= budget:
@@ -328,9 +339,15 @@ class Proposer:
             if not p.future.done():
                 p.future.set_exception(ProposalError(error.code, error.message))
 
+    def _pop_pending(self) -> _Proposal:
+        proposal = self._pending.popleft()
+        self._pending_bytes -= len(proposal.packed)
+        assert self._pending_bytes >= 0 and (self._pending or self._pending_bytes == 0)
+        return proposal
+
     def _fail_pending(self, error: ProposalError) -> None:
         while self._pending:
-            p = self._pending.popleft()
+            p = self._pop_pending()
             if not p.future.done():
                 p.future.set_exception(ProposalError(error.code, error.message))
 

@@ -227,6 +227,7 @@ class Replica:
             entry_bytes_max=cfg.entry_bytes_max,
             window_entries_max=cfg.window_entries_max,
             pending_commands_max=cfg.pending_commands_max,
+            pending_bytes_max=cfg.pending_bytes_max,
         )
         if cfg.leader_early_sync:
             _sync_leader_before_poll(self._sync, journal_for(self._sync.conf.journalFile))

@@ -14,6 +14,7 @@ BARRIER_TIMEOUT_S_DEFAULT = 5.0
 ENTRY_BYTES_MAX_DEFAULT = 60_000  # research/pysyncobj-wire.md: stay below 64 KiB frames
 WINDOW_ENTRIES_MAX_DEFAULT = 16  # research/e2e-spike.md §2: 4-16 in flight is enough
 PENDING_COMMANDS_MAX_DEFAULT = 100_000  # proposals waiting for a window slot
+PENDING_BYTES_MAX_DEFAULT = 256 * 1024 * 1024  # their packed bytes
 TICK_INTERVAL_MS_DEFAULT = 500  # the leader proposes {"op": "tick"} about twice a second
 NO_LEADER_GRACE_S_DEFAULT = 3.0  # elections take 1-2.5 s with default timeouts
 WATCH_INTERVAL_MS_DEFAULT = 100  # how often the loop looks at the leader/role
@@ -46,6 +47,7 @@ class ReplicaConfig:
     entry_bytes_max: int = ENTRY_BYTES_MAX_DEFAULT
     window_entries_max: int = WINDOW_ENTRIES_MAX_DEFAULT
     pending_commands_max: int = PENDING_COMMANDS_MAX_DEFAULT
+    pending_bytes_max: int = PENDING_BYTES_MAX_DEFAULT
     tick_interval_ms: int = TICK_INTERVAL_MS_DEFAULT
     no_leader_grace_s: float = NO_LEADER_GRACE_S_DEFAULT
     # "thread": pysyncobj ticks in its own thread (default, see replication/DESIGN.md
@@ -97,6 +99,7 @@ class ReplicaStatus:
 PROPOSAL_ERROR_APPLIED: dict[str, bool | None] = {
     "no_leader": False,
     "unavailable": False,
+    "overloaded": False,
     "commit_timeout": None,
 }
 
@@ -104,7 +107,8 @@ PROPOSAL_ERROR_APPLIED: dict[str, bool | None] = {
 class ProposalError(Exception):
     """A proposal that did not produce a result.
 
-    code "no_leader" / "unavailable": not applied, safe to retry.
+    code "no_leader" / "unavailable" / "overloaded" (too many proposals waiting): not applied,
+    safe to retry.
     code "commit_timeout": outcome unknown (it may still commit); retry only with the same
     producer seq or dedup id.
     """

@@ -211,7 +211,8 @@ async def test_pending_limit_is_enforced_with_a_clear_error() -> None:
     await settle()
     with pytest.raises(ProposalError) as info:
         await proposer.propose({"k": 99})
-    assert info.value.code == "unavailable" and "pending_commands_max=3" in info.value.message
+    assert info.value.code == "overloaded" and "pending_commands_max=3" in info.value.message
+    assert info.value.applied is False
     proposer.close()
     for t in tasks:
         with pytest.raises(ProposalError):
@@ -228,3 +229,23 @@ async def test_wrong_result_count_answers_internal_error_to_every_caller() -> No
     callback([{"only": "one"}], FAIL_REASON.SUCCESS)
     for t in tasks:
         assert (await t)["error"]["code"] == "internal_error"
+
+
+@run_async
+async def test_pending_bytes_limit_is_enforced_but_one_big_command_is_always_accepted() -> None:
+    raft = FakeRaft()
+    proposer = make(raft, pending_bytes_max=1_000)
+    proposer.hold("no leader known")
+    big = asyncio.ensure_future(proposer.propose({"k": "big", "pad": "x" * 5_000}, timeout_s=1))
+    await settle()
+    with pytest.raises(ProposalError) as info:
+        await proposer.propose({"k": "small"})
+    assert info.value.code == "overloaded" and "pending_bytes_max=1000" in info.value.message
+    proposer.hold(None)
+    await settle()
+    raft.answer(0)
+    assert await big == {"echo": "big"}
+    small = asyncio.ensure_future(proposer.propose({"k": "small"}))  # drained: accepted again
+    await settle()
+    raft.answer(1)
+    assert await small == {"echo": "small"}

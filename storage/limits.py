@@ -36,6 +36,7 @@ class Limits:
     delay_s_max: int = 14 * 24 * 3600  # 14 days
     ttl_s_max: int = 365 * 24 * 3600
     dedup_window_s_max: int = 7 * 24 * 3600
+    dedup_ids_max: int = 1_000_000  # per queue; past it the oldest ids leave the window early
     expires_s_max: int = 365 * 24 * 3600
     queue_length_max: int = 100_000_000
     queue_bytes_max: int = 1 << 40

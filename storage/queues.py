@@ -520,7 +520,8 @@ class Queue:
             return None
         return entry[0]
 
-    def dedup_remember(self, dedup_id: str, mid: int, now_ms: int) -> None:
+    def dedup_remember(self, dedup_id: str, mid: int, now_ms: int, ids_max: int) -> None:
+        """Remember a dedup id for the queue's window; at ids_max the oldest are forgotten."""
         window_ms = s_to_ms(self.config["dedup_window_s"])
         if window_ms <= 0:
             return
@@ -528,6 +529,11 @@ class Queue:
         assert not self.dedup_order or self.dedup_order[-1][0] <= expires
         self.dedup[dedup_id] = (mid, expires)
         self.dedup_order.append((expires, dedup_id))
+        while len(self.dedup) > ids_max:
+            old_expires, old_id = self.dedup_order.popleft()
+            entry = self.dedup.get(old_id)
+            if entry is not None and entry[1] == old_expires:
+                del self.dedup[old_id]
 
     # ----- timers
     def next_due(self) -> int | None:
@@ -884,7 +890,7 @@ class Queues:
             q.published_total += 1
             dedup_id = get("dedup_id")
             if dedup_id is not None:
-                q.dedup_remember(dedup_id, mid, now_ms)
+                q.dedup_remember(dedup_id, mid, now_ms, self.limits.dedup_ids_max)
             out.append({"id": str(mid), "duplicate": False})
         self.route_dead(q, [(d, REASON_OVERFLOW) for d in dropped], now_ms)
         self.reschedule(q)

@@ -394,3 +394,18 @@ def test_queue_groups_shows_busy_and_waiting(b: Broker) -> None:
     assert b.state.queue_groups("q")["groups"] == [
         {"group": "A", "state": "busy", "waiting": 1},
         {"group": "B", "state": "ready", "waiting": 0}]
+
+
+def test_dedup_ids_are_bounded_per_queue() -> None:
+    from storage.limits import Limits
+    from storage.state import BrokerState
+
+    b = Broker()
+    b.state = BrokerState(Limits(dedup_ids_max=2))
+    b.create("q")
+    first = b.publish_msgs("q", [{"body": "1", "dedup_id": "a"}, {"body": "2", "dedup_id": "b"},
+                                 {"body": "3", "dedup_id": "c"}])["messages"]
+    assert len(b.state.queues.queues["q"].dedup) == 2
+    again = b.publish_msgs("q", [{"body": "3", "dedup_id": "c"}, {"body": "1", "dedup_id": "a"}])
+    assert again["messages"][0] == {"id": first[2]["id"], "duplicate": True}
+    assert again["messages"][1]["duplicate"] is False  # "a" was forgotten: oldest first

@@ -142,3 +142,31 @@ def test_apply_side_check_accepts_normalized_and_validates_the_rest() -> None:
         fails("invalid_request", "messages", validate.publish_messages_checked, bad)
     fails("message_too_large", "messages[0].body", validate.publish_messages_checked,
           [{**normalized[0], "body": b"12345"}], Limits(body_bytes_max=4))
+
+
+def test_receipt_and_string_field_limits() -> None:
+    limits = Limits(receipts_max=2, receipt_chars_max=5, string_field_chars_max=3)
+    fails("invalid_request", "receipts", validate.receipts_list, ["1.1"] * 3, limits)
+    fails("invalid_request", "receipts[0]", validate.receipts_list, ["123456"], limits)
+    assert validate.receipts_list(["1.1", "12345"], limits) == ["1.1", "12345"]
+    fails("invalid_request", "messages[0].group", validate.publish_messages,
+          [{"body": "x", "group": "abcd"}], limits)
+    assert validate.publish_messages([{"body": "x", "group": "abc"}], limits)[0]["group"] == "abc"
+
+
+def test_queues_max_and_txn_parts_max() -> None:
+    from storage.state import BrokerState
+
+    s = BrokerState(Limits(queues_max=2, txn_parts_max=2))
+    assert "error" not in s.apply({"op": "queue.create", "queue": "a", "config": {}}, 1)
+    err = s.apply({"op": "queue.create", "queue": "b",
+                   "config": {"dead_letter_queue": "c"}}, 1)["error"]
+    assert err["code"] == "overloaded" and "queues_max" in err["message"]
+    assert "error" not in s.apply({"op": "queue.create", "queue": "b", "config": {}}, 1)
+    assert s.apply({"op": "queue.create", "queue": "c", "config": {}}, 1)["error"]["code"] == \
+        "overloaded"
+    assert [q["name"] for q in s.list_queues(1)] == ["a", "b"]
+    part = {"queue": "a", "messages": [{"body": "x"}]}
+    err = s.apply({"op": "txn", "publish": [part, part, part]}, 1)["error"]
+    assert err["code"] == "invalid_request" and "txn_parts_max" in err["message"]
+    assert s.queue_info("a", 1)["stats"]["published_total"] == 0

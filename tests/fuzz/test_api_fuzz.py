@@ -122,7 +122,8 @@ def decode_error(answer: Answer, what: str) -> dict[str, Any]:
         raise AssertionError(f"{what}: undecodable error body {answer.body[:200]!r}") from exc
     assert isinstance(doc, dict) and isinstance(doc.get("error"), dict), \
         f"{what}: error body not in API.md's shape: {answer.body[:200]!r}"
-    return doc["error"]
+    err: dict[str, Any] = doc["error"]
+    return err
 
 
 # ----- fixtures -----------------------------------------------------------------------------

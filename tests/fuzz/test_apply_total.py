@@ -106,8 +106,10 @@ def test_apply_is_total_and_deterministic(steps: list[tuple[Any, int]]) -> None:
 def test_junk_commands_get_error_results() -> None:
     """The property is not vacuous: junk does reach apply and is refused with a result."""
     state = BrokerState()
-    for cmd in ([], "x", {"op": "queue.publish", "queue": "a", "messages": [{"body": 5}]},
-                {"op": "queue.receive", "queue": "a", "max_messages": 2**64 - 1},
-                {"op": "topic.create", "topic": "t", "config": {"partitions": [1]}}):
+    junk_cmds: list[Any] = [
+        [], "x", {"op": "queue.publish", "queue": "a", "messages": [{"body": 5}]},
+        {"op": "queue.receive", "queue": "a", "max_messages": 2**64 - 1},
+        {"op": "topic.create", "topic": "t", "config": {"partitions": [1]}}]
+    for cmd in junk_cmds:
         result = state.apply(through_the_log(cmd), T0_MS)
         assert result["error"]["code"] in KINDS, (cmd, result)

@@ -278,6 +278,7 @@ class Proposer:
         entry = _Entry(batch, seq=self._entry_seq)
         for p in batch:
             p.submitted = True
+            p.packed = b""  # the blob holds the bytes now; keep one copy in flight
         self._inflight.add(entry)
         deadline_s = max(p.timeout_s for p in batch)
         entry.timer = self._loop.call_later(deadline_s, self._expire, entry)

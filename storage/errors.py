@@ -44,6 +44,8 @@ _KINDS = [
     ErrorKind("unavailable", 503, True),
     ErrorKind("commit_timeout", 504, True),
     ErrorKind("reply_timeout", 504, True),
+    ErrorKind("membership_change_in_progress", 409, True),
+    ErrorKind("member_not_found", 404, False),
 ]
 
 KINDS: dict[str, ErrorKind] = {k.code: k for k in _KINDS}

@@ -7,6 +7,7 @@ now_ms)`, then every due timer fires, then the command runs against `self.now_ms
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,10 @@ from storage.topics import TopicLimits, Topics
 
 Result = dict[str, Any]
 TOPIC_OPS = ("topic.create", "topic.delete", "binding.delete", "group.commit")
+# Membership (replication/membership.py): a pending change older than this may be replaced.
+MEMBER_CHANGE_TIMEOUT_MS = 60_000
+_MEMBER_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+_MEMBER_ADDR_RE = re.compile(r"^[A-Za-z0-9_.:\[\]-]{1,253}:[0-9]{1,5}$")
 
 
 class BrokerState:
@@ -31,6 +36,9 @@ class BrokerState:
         self.producers = Producers(limits)
         # webhook push subscriptions: queue -> {"url", "max_in_flight"} (node/push.py delivers)
         self.push: dict[str, Result] = {}
+        # cluster members changed at runtime: id -> {"raft", "http", "status": member|removed}
+        self.members: dict[str, Result] = {}
+        self.member_change: Result | None = None  # the one pending change, if any
         self.queues.on_delete = self._on_queue_deleted
 
     def _on_queue_deleted(self, name: str) -> None:
@@ -300,6 +308,49 @@ class BrokerState:
     def _noop(self, cmd: Result) -> Result:
         return {}
 
+    # cluster membership: begin (add/remove) -> Raft config change -> commit
+    def _member_add(self, cmd: Result) -> Result:
+        return self._member_begin(cmd, "add")
+
+    def _member_remove(self, cmd: Result) -> Result:
+        return self._member_begin(cmd, "remove")
+
+    def _member_begin(self, cmd: Result, change: str) -> Result:
+        want = {"change": change, "id": _member_str(cmd, "id", _MEMBER_ID_RE),
+                "raft": _member_str(cmd, "raft", _MEMBER_ADDR_RE),
+                "http": _member_str(cmd, "http", _MEMBER_ADDR_RE, optional=change == "remove")}
+        pending = self.member_change
+        if pending is not None:
+            if {k: pending.get(k) for k in want} == want:
+                return {"change": dict(pending), "resumed": True}
+            if self.now_ms - pending["started_ms"] < MEMBER_CHANGE_TIMEOUT_MS:
+                raise BrokerError("membership_change_in_progress",
+                                  f"id: {pending['change']} of {pending['id']!r} is still in "
+                                  "progress; one membership change at a time")
+        known = self.members.get(str(want["id"]), {})
+        if change == "add" and known.get("status") == "member":
+            raise BrokerError("already_exists", f"id: {want['id']!r} is already a member")
+        self.member_change = {**want, "started_ms": self.now_ms}
+        assert self.member_change["id"] == want["id"]
+        return {"change": dict(self.member_change), "resumed": False}
+
+    def _member_commit(self, cmd: Result) -> Result:
+        pending = self.member_change
+        if pending is None or (cmd.get("id"), cmd.get("change")) != (pending["id"],
+                                                                    pending["change"]):
+            return {"committed": False}
+        if cmd.get("ok") is True:
+            status = "member" if pending["change"] == "add" else "removed"
+            self.members[pending["id"]] = {"raft": pending["raft"], "http": pending["http"],
+                                           "status": status}
+        self.member_change = None
+        return {"committed": cmd.get("ok") is True}
+
+    def cluster_members(self) -> Result:
+        """The replicated membership table and the pending change (copies)."""
+        return {"members": {k: dict(v) for k, v in self.members.items()},
+                "change": dict(self.member_change) if self.member_change else None}
+
     # ----- reads (never change anything)
     def list_queues(self, now_ms: int) -> list[Result]:
         return [self.queue_info(name, now_ms) for name in self.queues.queues]
@@ -358,6 +409,8 @@ class BrokerState:
             "topics": self.topics.encode(),
             "producers": self.producers.encode(),
             "push": self.push,
+            "members": self.members,
+            "member_change": self.member_change,
         }
 
     @classmethod
@@ -370,6 +423,8 @@ class BrokerState:
         state.topics = Topics.decode(obj["topics"], TopicLimits.from_limits(limits))
         state.producers = Producers.decode(obj["producers"], limits)
         state.push = dict(obj.get("push", {}))
+        state.members = dict(obj.get("members", {}))
+        state.member_change = obj.get("member_change")
         return state
 
     def encode_snapshot(self) -> bytes:
@@ -402,5 +457,18 @@ _HANDLERS: dict[str, Callable[[BrokerState, Result], Result]] = {
     "binding.create": BrokerState._binding_create,
     "producer.register": BrokerState._producer_register,
     "txn": BrokerState._txn,
+    "cluster.member_add": BrokerState._member_add,
+    "cluster.member_remove": BrokerState._member_remove,
+    "cluster.member_commit": BrokerState._member_commit,
     **{op: BrokerState._topic_op for op in TOPIC_OPS},
 }
+
+
+def _member_str(cmd: Result, field: str, pattern: re.Pattern[str], optional: bool = False
+                ) -> str | None:
+    value = cmd.get(field)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise BrokerError("invalid_request", f"{field}: {value!r} must match {pattern.pattern}")
+    return value

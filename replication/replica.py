@@ -12,6 +12,7 @@ Apply never raises (issue 2, item 5): a command that makes the state raise gets 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
@@ -195,6 +196,9 @@ class Replica:
         self._listeners: list[Callable[[], None]] = []
         self._listener_call_pending = False
         self._closed = False
+        self._write_refusal: str | None = None  # set on a node removed from the cluster
+        self._raft_calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._raft_calls_hooked = False
         self._no_leader_since: float | None = None
         self._last_tick_s = 0.0
         self._tick_task: asyncio.Task[None] | None = None
@@ -247,6 +251,8 @@ class Replica:
         """The command's result (maybe an error result); ProposalError if none."""
         if self._closed:
             raise ProposalError("unavailable", "the replica is closed")
+        if self._write_refusal is not None:
+            raise ProposalError("unavailable", self._write_refusal)
         timeout = self._cfg.proposal_timeout_s if timeout_s is None else timeout_s
         return await self._proposer.propose(cmd, timeout_s=timeout)
 
@@ -401,6 +407,50 @@ class Replica:
             except Exception:
                 log.exception("doTick failed")
             await asyncio.sleep(interval_s)
+
+    # -- membership (replication/membership.py drives these) -------------------------------
+
+    def raft_members(self) -> list[str]:
+        """Raft addresses of the voting members as this node's log has them, itself included."""
+        sync = self._sync
+        return sorted([self._cfg.raft_addr, *(str(n.id) for n in sync.otherNodes)])
+
+    def change_membership(self, change: str, raft_addr: str,
+                          callback: Callable[[Any, int], None]) -> None:
+        """pysyncobj add/removeNodeToCluster; callback(result, FAIL_REASON) on the Raft thread.
+        Thread-safe: pysyncobj only queues the command (forwarded to the leader if needed)."""
+        assert change in ("add", "remove"), change
+        assert ":" in raft_addr, raft_addr
+        if change == "add":
+            self._sync.addNodeToCluster(raft_addr, callback=callback)
+        else:
+            self._sync.removeNodeFromCluster(raft_addr, callback=callback)
+
+    def transfer_leadership(self, callback: Callable[[Any, int], None]) -> None:
+        """Leader only: hand leadership to the most caught-up follower (runs on the Raft thread,
+        where pysyncobj's state lives)."""
+        if not self._raft_calls_hooked:
+            self._raft_calls_hooked = True
+            self._sync.addOnTickCallback(self._run_raft_calls)
+        self._raft_calls.append(lambda: self._sync.transferLeadership(None, callback))
+
+    def _run_raft_calls(self) -> None:  # Raft thread, once per tick
+        while self._raft_calls:
+            try:
+                self._raft_calls.popleft()()
+            except Exception:
+                log.exception("raft-thread call failed")
+
+    def set_member_ids(self, addr_to_id: dict[str, str]) -> None:
+        """Learned ids of members added at runtime (status and X-Raftmq-Leader show ids)."""
+        assert all(":" in addr for addr in addr_to_id), addr_to_id
+        self._addr_to_id = {**self._addr_to_id, **addr_to_id}
+
+    def refuse_writes(self, reason: str | None) -> None:
+        """A node removed from the cluster answers every proposal `unavailable` (503)."""
+        if reason != self._write_refusal:
+            log.warning("replica node=%s write refusal: %s", self._cfg.node_id, reason)
+        self._write_refusal = reason
 
     # -- shutdown --------------------------------------------------------------------------
 

@@ -7,7 +7,13 @@ Families (the CLI's ``--faults``) expand into concrete kinds:
     partition   partition-leader, partition-halves, partition-bridge, partition-one-way,
                 partition-client, partition-ring (5+ nodes)      (iptables DROP, flush at heal)
     corrupt     corrupt-minority: kill a minority, truncate or bit-flip one file in each data
-                dir; at heal restart; a node that refuses to start gets its pre-fault copy back
+                dir; at heal restart; a node that refuses to start gets its pre-fault copy back.
+                corrupt-lagging (composite, the Kafka-2013 / NATS #7549 shape): isolate a
+                minority M so it lags, let writes commit on the rest for a moment, kill one
+                up-to-date follower F, truncate F's journal back to its size from before those
+                writes, kill the remaining up-to-date nodes, heal M and start F: F + M are a
+                majority whose logs lack acknowledged entries. F must refuse to start (or not
+                vote); if it does not, acknowledged writes are lost.
     power-loss  power-one, power-all (see chaos/README.md: needs the lazy FUSE file system)
     wipe-majority  destructive: stop all, erase a majority's data, start that majority; the
                 old minority returns at heal. The checker MUST report the run invalid.
@@ -33,7 +39,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "pause": ("pause-leader", "pause-minority"),
     "partition": ("partition-leader", "partition-halves", "partition-bridge",
                   "partition-one-way", "partition-client", "partition-ring"),
-    "corrupt": ("corrupt-minority",),
+    "corrupt": ("corrupt-minority", "corrupt-lagging"),
     "power-loss": ("power-one", "power-all"),
     "wipe-majority": ("wipe-majority",),
     "none": (),
@@ -44,6 +50,8 @@ FAULT_MAX_S = 8.0
 QUIET_MIN_S = 3.0
 QUIET_MAX_S = 6.0
 START_WATCH_S = 20.0
+LAG_WRITE_S = 2.0
+WIPE_WRITE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -216,6 +224,8 @@ class Nemesis:
         return _cut(side, [i for i in everyone if i not in side])
 
     async def _corrupt(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
+        if fault.kind == "corrupt-lagging":
+            return await self._corrupt_lagging(fault, rng)
         idx = self._minority(rng)
         damage = []
         for i in idx:
@@ -226,6 +236,32 @@ class Nemesis:
             shutil.copytree(node.data_dir, backup, symlinks=True)
             damage.append({"node": node.node_id, **corrupt_one_file(node.data_dir, rng)})
         return {"targets": self._ids(idx), "restart": idx, "damage": damage}
+
+    async def _corrupt_lagging(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
+        leader = await self._leader_or_random(rng)
+        others = [i for i in range(1, self.n + 1) if i != leader]
+        rng.shuffle(others)
+        lagging, follower = others[:(self.n - 1) // 2], others[(self.n - 1) // 2]
+        rest = [i for i in range(1, self.n + 1) if i not in lagging and i != follower]
+        everyone = list(range(1, self.n + 1))
+        for to, sources in _cut(lagging, [i for i in everyone if i not in lagging]).items():
+            for src in sorted(sources):
+                await asyncio.to_thread(self.net.drop_from, to, src)
+        data = self.cluster.node(follower).data_dir
+        sizes = {p: p.stat().st_size for p in data.rglob("*") if p.is_file()}
+        await asyncio.sleep(min(LAG_WRITE_S, fault.duration_s / 3))
+        await asyncio.to_thread(self.cluster.kill, follower)
+        backup = data.with_name(data.name + ".before-corrupt")
+        shutil.rmtree(backup, ignore_errors=True)
+        shutil.copytree(data, backup, symlinks=True)
+        damage = truncate_grown_journals(data, sizes)
+        for i in rest:
+            await asyncio.to_thread(self.cluster.kill, i)
+        await asyncio.to_thread(self.net.heal)
+        await asyncio.to_thread(self.cluster.start, follower)
+        return {"targets": self._ids([follower]), "lagging": self._ids(lagging),
+                "killed": self._ids(rest), "restart": rest, "watch": [follower],
+                "damage": damage}
 
     async def _power(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
         idx = self._minority(rng, 1) if fault.kind == "power-one" else list(range(1, self.n + 1))
@@ -244,8 +280,10 @@ class Nemesis:
         for i in majority:
             clear_dir(self.cluster.node(i).data_dir)
             await asyncio.to_thread(self.cluster.start, i)
+        ready = [await self.watch_start(i) for i in majority]
+        await asyncio.sleep(WIPE_WRITE_S)  # let the workload write into the new, empty cluster
         rest = [i for i in everyone if i not in majority]
-        return {"targets": self._ids(majority), "restart": rest}
+        return {"targets": self._ids(majority), "restart": rest, "wiped_started": ready}
 
     async def _heal(self, fault: Fault, info: dict[str, Any]) -> dict[str, Any]:
         healed: dict[str, Any] = {}
@@ -258,6 +296,8 @@ class Nemesis:
                 await asyncio.to_thread(self.cluster.start, i)
         if fault.kind == "corrupt-minority":
             healed["refused"] = await self._restore_refused(info["restart"])
+        if fault.kind == "corrupt-lagging":
+            healed["refused"] = await self._restore_refused(info["watch"])
         return healed
 
     async def _restore_refused(self, idx: list[int]) -> list[str]:
@@ -289,6 +329,21 @@ class Nemesis:
 
     def _ids(self, idx: list[int]) -> list[str]:
         return [self.cluster.node(i).node_id for i in idx]
+
+
+def truncate_grown_journals(data_dir: Path, sizes: dict[Path, int]) -> list[dict[str, Any]]:
+    """Cut every journal file (not its .meta) back to its size in `sizes`."""
+    damage = []
+    for path, old in sorted(sizes.items()):
+        if "journal" not in path.name or path.name.endswith(".meta") or not path.exists():
+            continue
+        size = path.stat().st_size
+        if size > old:
+            with path.open("r+b") as fh:
+                fh.truncate(old)
+            damage.append({"file": str(path.relative_to(data_dir)), "mode": "truncate",
+                           "size": size, "new_size": old})
+    return damage
 
 
 def clear_dir(path: Path) -> None:

@@ -356,46 +356,64 @@ class Queue:
         """Deliver up to max_messages; manual deliveries are numbered from first_delivery."""
         assert max_messages >= 1 and first_delivery >= 1
         self.last_activity_ms = now_ms
+        if auto_ack:
+            out = self._receive_auto(max_messages, now_ms)
+        else:
+            out = self._receive_manual(max_messages, now_ms + visibility_ms, first_delivery)
+        self._clean_tops()
+        assert len(out) <= max_messages
+        return out
+
+    def _take(self, msg: Msg) -> None:
+        """A ready message (popped from its heap) goes out for delivery."""
+        assert not self.max_receives or msg.receive_count < self.max_receives
+        self.ready_n -= 1
+        self.ready_bytes -= len(msg.body)
+        msg.receive_count += 1
+        msg.state = INFLIGHT
+        self.inflight_n += 1
+        self.delivered_total += 1
+
+    def _receive_manual(self, max_messages: int, lease_ms: int,
+                        delivery: int) -> list[dict[str, Any]]:
+        """The hot path: a manual delivery adds nothing to the ready heaps (a group's next
+        message waits for the ack), so one pass from priority 9 down is exact."""
         out: list[dict[str, Any]] = []
-        delivery = first_delivery
+        msgs, leases = self.msgs, self.leases
+        for level in range(PRIORITY_LEVELS - 1, -1, -1):
+            heap = self.ready[level]
+            while heap and len(out) < max_messages:
+                pos, mid = heapq.heappop(heap)
+                msg = msgs.get(mid)
+                if msg is None or msg.state != READY or msg.pos != pos:
+                    continue  # a lazily deleted entry
+                self._take(msg)
+                msg.delivery = delivery
+                msg.lease_ms = lease_ms
+                heapq.heappush(leases, (lease_ms, mid, delivery))
+                view = self.view(msg)
+                view["receipt"] = f"{mid}.{delivery}"
+                view["lease_expires_at"] = lease_ms
+                out.append(view)
+                delivery += 1
+        return out
+
+    def _receive_auto(self, max_messages: int, now_ms: int) -> list[dict[str, Any]]:
+        """At-most-once: removed on delivery (a group's next message may become ready at once,
+        possibly at a higher priority, so each pick starts again from the top)."""
+        out: list[dict[str, Any]] = []
         while len(out) < max_messages:
             msg = self._pop_ready()
             if msg is None:
                 break
-            assert not self.max_receives or msg.receive_count < self.max_receives
-            self.ready_n -= 1
-            self.ready_bytes -= len(msg.body)
-            msg.receive_count += 1
-            msg.state = INFLIGHT
-            self.inflight_n += 1
-            self.delivered_total += 1
-            if not auto_ack:
-                msg.delivery = delivery
-                delivery += 1
-            out.append(self._deliver(msg, visibility_ms, auto_ack, now_ms))
-        self._clean_tops()
-        return out
-
-    def _deliver(self, msg: Msg, visibility_ms: int, auto_ack: bool,
-                 now_ms: int) -> dict[str, Any]:
-        assert msg.state == INFLIGHT
-        view = {
-            "id": str(msg.id), "body": msg.body, "headers": msg.headers or {},
-            "priority": msg.priority, "group": msg.group,
-            "correlation_id": msg.correlation_id, "reply_to": msg.reply_to,
-            "published_at": msg.published_at, "receive_count": msg.receive_count,
-            "receipt": None, "lease_expires_at": None,
-        }
-        if auto_ack:
+            self._take(msg)
+            view = self.view(msg)
+            view["receipt"] = None
+            view["lease_expires_at"] = None
             self._remove(msg)
             self.acked_total += 1
-            return view
-        assert msg.delivery > 0
-        msg.lease_ms = now_ms + visibility_ms
-        heapq.heappush(self.leases, (msg.lease_ms, msg.id, msg.delivery))
-        view["receipt"] = receipt_of(msg)
-        view["lease_expires_at"] = msg.lease_ms
-        return view
+            out.append(view)
+        return out
 
     def current(self, receipt: Any) -> Msg | None:
         """The in-flight message this receipt names, if it is still that message's delivery."""

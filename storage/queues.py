@@ -158,7 +158,9 @@ class Queue:
 
     def __init__(self, name: str, config: dict[str, Any], now_ms: int) -> None:
         self.name = name
-        self.config = config
+        self.config = config  # never changes after creation (create is idempotent)
+        self.length_max = int(config["max_length"])  # 0 = unlimited
+        self.bytes_max = int(config["max_bytes"])  # 0 = unlimited
         self.msgs: dict[int, Msg] = {}
         self.ready: list[list[tuple[int, int]]] = [[] for _ in range(PRIORITY_LEVELS)]
         self.leases: list[tuple[int, int, int]] = []
@@ -212,9 +214,8 @@ class Queue:
         return not (max_bytes and fixed_b + nbytes > max_bytes)
 
     def over_limit(self) -> bool:
-        max_len, max_bytes = self.config["max_length"], self.config["max_bytes"]
-        return bool((max_len and len(self.msgs) > max_len)
-                    or (max_bytes and self.total_bytes > max_bytes))
+        return bool((self.length_max and len(self.msgs) > self.length_max)
+                    or (self.bytes_max and self.total_bytes > self.bytes_max))
 
     # ----- enqueue
     def enqueue(self, msg: Msg, delay_ms: int, ttl_ms: int, now_ms: int) -> list[Msg]:

@@ -271,3 +271,12 @@ def test_oldest_ready_age(b: Broker) -> None:
     assert b.at(4_000).stats()["oldest_ready_age_s"] == 4.0
     b.receive("q", 1)
     assert b.stats()["oldest_ready_age_s"] == 2.5
+
+
+def test_command_time_never_goes_backwards(b: Broker) -> None:
+    b.create("q", visibility_timeout_s=5)
+    b.publish("q", "x")
+    b.at(10_000).ok(op="tick")
+    m = b.at(0).receive("q")[0]  # an entry proposed with an older clock
+    assert m["lease_expires_at"] == T0 + 15_000
+    assert b.state.now_ms == T0 + 10_000

@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "node":
         return node_main(rest)
+    if command == "cluster" and rest[:1] in (["add-node"], ["remove-node"]):
+        from node import members_cli
+
+        return members_cli.main(rest)
     if command == "cluster":
         from node import cluster_cli
 

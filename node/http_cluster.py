@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from node import http_members
 from node.app import Handler, NodeContext, ctx
 from node.codec import respond
 
@@ -21,8 +22,8 @@ HTTP_DURATION = web.AppKey("raftmq_http_duration", Histogram)
 async def get_cluster(request: web.Request) -> web.Response:
     context = ctx(request)
     status = context.replica.status()
-    members = []
-    for spec in context.cluster.nodes:
+    members = http_members.member_rows(request, status) or []
+    for spec in context.cluster.nodes if not members else ():
         member = status.member(spec.id)
         members.append({"id": spec.id, "raft": spec.raft, "http": spec.http,
                         "role": member.role if member else "unknown",

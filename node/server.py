@@ -10,7 +10,17 @@ from pathlib import Path
 
 from aiohttp import web
 
-from node import auth, http_cluster, http_queues, http_request, http_topics, openapi, push, ui
+from node import (
+    auth,
+    http_cluster,
+    http_members,
+    http_queues,
+    http_request,
+    http_topics,
+    openapi,
+    push,
+    ui,
+)
 from node.app import CTX, NodeContext, error_middleware, header_middleware, limits_middleware
 from node.config import ClusterConfig, split_addr
 from node.waiters import ApplyNotifier
@@ -43,6 +53,7 @@ def build_app(context: NodeContext, auth_config: auth.AuthConfig | None = None
 def add_routes(app: web.Application) -> None:
     """Every route of the API (tests/unit/test_openapi.py checks them against the OpenAPI)."""
     http_cluster.setup(app)
+    http_members.setup(app)
     http_queues.setup(app)
     http_topics.setup(app)
     http_request.setup(app)

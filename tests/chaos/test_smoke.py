@@ -92,3 +92,15 @@ def test_power_loss_without_fsync_is_reported_invalid(tmp_path: Path) -> None:
     assert rc == 1
     assert report["valid"] is False
     assert report["anomaly_counts"]["lost"] > 0
+
+
+def test_node_with_shortened_journal_does_not_break_the_cluster(tmp_path: Path) -> None:
+    """Regression for the corrupt-lagging finding (docs/reliability.md): a follower whose
+    journal lost its newest records while down must refuse to start (or not vote); before the
+    fix it started, voted with the lagging minority, and the replicas diverged."""
+    if os.environ.get(LONG_ENV) != "1":
+        pytest.skip(f"long chaos test: set {LONG_ENV}=1 to run it")
+    rc, report = run_chaos(tmp_path, "--duration", "30", "--faults", "corrupt-lagging",
+                           "--seed", "21")
+    assert bad_classes(report) == {}, json.dumps(report["anomaly_counts"])
+    assert rc == 0

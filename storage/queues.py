@@ -928,6 +928,7 @@ class Queues:
         dlq = self.queues.get(dlq_name)
         if dlq is None:
             if len(self.queues) >= self.limits.queues_max:
+                q.dead_letter_dropped_total += len(dead)  # no room to re-create it
                 return
             dlq = self._add(dlq_name, dict(DEFAULT_QUEUE_CONFIG), now_ms)
         for msg, reason in dead:

@@ -37,6 +37,7 @@ from tests.support.cluster import Cluster, http
 
 REQUEST_TIMEOUT_S = 30.0  # > wait_s_max (20 s): a request still unanswered by then hangs
 QUEUE, TOPIC, GROUP = "fz-q", "fz.t", "fz-g"
+PATH_PARAM = re.compile(r"\{(\w+)\}")
 PATH_VALUES = {"queue": QUEUE, "topic": TOPIC, "group": GROUP, "p": "0", "binding": "b-1",
                "asset": "console.js"}
 METHODS = ("GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS")
@@ -152,9 +153,14 @@ def routes(fz: Cluster) -> list[Route]:
     return out
 
 
+def path_params(path: str) -> list[str]:
+    return PATH_PARAM.findall(path)
+
+
 def fill(path: str, **values: str) -> str:
-    for name, default in PATH_VALUES.items():
-        path = path.replace("{" + name + "}", values.get(name, default))
+    """The route's path with its parameters filled (the fixtures' names unless given)."""
+    for name in path_params(path):
+        path = path.replace("{" + name + "}", values.get(name, PATH_VALUES.get(name, "fz-x")))
     if path.endswith(f"/queues/{QUEUE}") or path.endswith(f"/topics/{TOPIC}"):
         path += "-x"  # PUT/DELETE on the fixtures' own names would delete or reconfigure them
     return path
@@ -361,7 +367,7 @@ def test_hostile_path_segments_on_every_route(fz: Cluster, routes: list[Route]) 
     segments = hostile_segments()
     covered: set[str] = set()
     for route in routes:
-        for param in [p for p in PATH_VALUES if "{" + p + "}" in route.path]:
+        for param in path_params(route.path):
             sample = segments if param not in covered else segments[::PATH_SAMPLE_STEP]
             covered.add(param)
             for seg in sample:

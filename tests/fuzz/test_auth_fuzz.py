@@ -21,6 +21,7 @@ from tests.fuzz.test_api_fuzz import (
     Route,
     decode_error,
     hostile_segments,
+    path_params,
     send,
 )
 from tests.support.cluster import Cluster, http
@@ -96,8 +97,8 @@ def routes(secured: Cluster) -> list[Route]:
 
 
 def fill(path: str, **values: str) -> str:
-    for name, default in PATH_VALUES.items():
-        path = path.replace("{" + name + "}", values.get(name, default))
+    for name in path_params(path):
+        path = path.replace("{" + name + "}", values.get(name, PATH_VALUES.get(name, "fz-x")))
     return path
 
 

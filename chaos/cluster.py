@@ -21,9 +21,17 @@ from typing import IO
 
 from chaos.netns import Network, node_address
 
+FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1")
+FAKETIME_CACHE_S = 1  # libfaketime re-reads the offset file at most this often
 RAFT_PORT = 7801
 HTTP_PORT = 8701
 STOP_WAIT_S = 10.0
+
+
+def faketime_lib() -> str | None:
+    """libfaketime (Debian package faketime), or None when it is not installed."""
+    return next((lib for lib in FAKETIME_LIBS if Path(lib).exists()), None)
 
 
 def default_node_cmd() -> list[str]:
@@ -64,6 +72,7 @@ class Cluster:
     extra_env: dict[str, str] = field(default_factory=dict)
     nodes: list[NodeProc] = field(default_factory=list)
     config_path: Path = Path()
+    clock_control: bool = False  # preload libfaketime so each node's wall clock can be moved
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -101,12 +110,39 @@ class Cluster:
         n.log_fh.flush()
         argv = [*self.net.exec_prefix(index), *self.node_cmd, "--config", str(self.config_path),
                 "--id", n.node_id, "--data-dir", str(n.data_dir)]
-        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1", **self._clock_env(n)}
         n.proc = subprocess.Popen(argv, stdout=n.log_fh, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         n.starts += 1
         n.paused = False
         n.killed = False
+
+    def clock_file(self, index: int) -> Path:
+        return self.workdir / f"clock-offset-n{index}"
+
+    def _clock_env(self, n: NodeProc) -> dict[str, str]:
+        lib = faketime_lib()
+        if not self.clock_control or lib is None:
+            return {}
+        path = self.clock_file(n.index)
+        if not path.exists():
+            path.write_text("+0\n")
+        # Not FAKETIME_DONT_FAKE_MONOTONIC: with it, libfaketime 0.9.10 makes Python's
+        # time.sleep fail with EINVAL. So wall and monotonic clocks move together.
+        return {"LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": str(path),
+                "FAKETIME_CACHE_DURATION": str(FAKETIME_CACHE_S)}
+
+    def jump_clock(self, index: int, delta_s: int) -> int:
+        """Jump node `index`'s clocks (wall and monotonic) FORWARD by `delta_s`; returns the
+        node's total offset. Never backwards: real monotonic clocks do not go back."""
+        assert self.clock_control, "start the cluster with clock_control=True"
+        assert delta_s > 0, delta_s
+        path = self.clock_file(index)
+        total = int(path.read_text().strip() or "0") + delta_s
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{total:+d}\n")
+        tmp.replace(path)
+        return total
 
     def start_all(self) -> None:
         for n in self.nodes:

@@ -14,6 +14,9 @@ Families (the CLI's ``--faults``) expand into concrete kinds:
                 writes, kill the remaining up-to-date nodes, heal M and start F: F + M are a
                 majority whose logs lack acknowledged entries. F must refuse to start (or not
                 vote); if it does not, acknowledged writes are lost.
+    clock       clock-jump-leader, -one, -all: jump the node's wall AND monotonic clocks
+                forward by 1..CLOCK_JUMP_MAX_S (libfaketime; like a VM suspend). The offset
+                stays after the heal (clocks never go back): the node keeps a skewed clock.
     power-loss  power-one, power-all (see chaos/README.md: needs the lazy FUSE file system)
     wipe-majority  destructive: stop all, erase a majority's data, start that majority; the
                 old minority returns at heal. The checker MUST report the run invalid.
@@ -41,6 +44,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
                   "partition-one-way", "partition-client", "partition-ring"),
     "corrupt": ("corrupt-minority", "corrupt-lagging"),
     "power-loss": ("power-one", "power-all"),
+    "clock": ("clock-jump-leader", "clock-jump-one", "clock-jump-all"),
     "wipe-majority": ("wipe-majority",),
     "none": (),
 }
@@ -52,6 +56,7 @@ QUIET_MAX_S = 6.0
 START_WATCH_S = 20.0
 LAG_WRITE_S = 2.0
 WIPE_WRITE_S = 3.0
+CLOCK_JUMP_MAX_S = 120
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,8 @@ class Nemesis:
         rng = self._rng(fault)
         family = fault.kind.split("-")[0]
         handler = {"kill": self._kill, "pause": self._pause, "partition": self._partition,
-                   "corrupt": self._corrupt, "power": self._power, "wipe": self._wipe}[family]
+                   "corrupt": self._corrupt, "power": self._power, "wipe": self._wipe,
+                   "clock": self._clock}[family]
         details = await handler(fault, rng)
         self.active[fault.id] = {"fault": fault, **details}
         self.history.nemesis("start", {"id": fault.id, "fault": fault.kind, **details})
@@ -262,6 +268,19 @@ class Nemesis:
         return {"targets": self._ids([follower]), "lagging": self._ids(lagging),
                 "killed": self._ids(rest), "restart": rest, "watch": [follower],
                 "damage": damage}
+
+    async def _clock(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
+        if fault.kind == "clock-jump-leader":
+            idx = [await self._leader_or_random(rng)]
+        elif fault.kind == "clock-jump-one":
+            idx = self._minority(rng, 1)
+        else:
+            idx = list(range(1, self.n + 1))
+        offsets = {}
+        for i in idx:
+            total = self.cluster.jump_clock(i, rng.randint(1, CLOCK_JUMP_MAX_S))
+            offsets[self.cluster.node(i).node_id] = total
+        return {"targets": self._ids(idx), "offsets_s": offsets}
 
     async def _power(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
         idx = self._minority(rng, 1) if fault.kind == "power-one" else list(range(1, self.n + 1))

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from chaos import report
 from chaos.checker import availability, check_queue, check_topic
 from chaos.client import Http
-from chaos.cluster import Cluster, default_node_cmd
+from chaos.cluster import Cluster, default_node_cmd, faketime_lib
 from chaos.faults import Fault, Nemesis, schedule
 from chaos.history import OK, History
 from chaos.lazyfs import LazyMounts
@@ -48,6 +48,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     reason = unavailable_reason()
     if not reason and any(f.kind.startswith("power") for f in faults):
         reason = lazyfs_unavailable()
+    if not reason and any(f.kind.startswith("clock") for f in faults) and not faketime_lib():
+        reason = "clock faults need libfaketime (Debian package faketime)"
     if reason:
         raise NetnsUnavailable(reason)
     cleanup_orphans()
@@ -57,7 +59,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     started = time.time()
     mounts = LazyMounts()
     with Network(cfg.nodes) as net:
-        cluster = Cluster(net, cfg.out / "cluster", node_cmd=cfg.node_cmd)
+        cluster = Cluster(net, cfg.out / "cluster", node_cmd=cfg.node_cmd,
+                          clock_control=any(f.kind.startswith("clock") for f in faults))
         try:
             if any(f.kind.startswith("power") for f in faults):
                 for node in cluster.nodes:

@@ -49,6 +49,8 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
         self.round_sync_s_total = 0.0
         self.chunks_relabelled = 0
         self.resends_absorbed = 0
+        self.backtracks_kept = 0
+        self._floor: dict[Any, tuple[int, int]] = {}  # node -> (leader term, backtrack floor)
         self.entries_absorbed = 0
         self._wrap_poller(syncObj._poller)
         super().__init__(syncObj, selfNode, otherNodes)
@@ -70,6 +72,8 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
         if not isinstance(message, dict):
             return bool(super().send(node, message))
         kind = message.get("type")
+        if kind == _ACK:
+            message = self._apply_floor(node, message)
         if kind == _ACK and (self._held_acks or self._journal.dirty):
             self._held_acks.append((node, message))
             if not self._release_acks_at_round_end:
@@ -85,8 +89,50 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
     # -- follower: absorb re-sent ranges (defect 9) ---------------------------------------------
     def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
         if isinstance(message, dict) and message.get("type") == "append_entries":
+            self._note_conflict(node, message)
             message = self._absorb_resend(message)
         super()._onMessageReceived(node, message)
+
+    # -- follower: keep the backtrack point (research/pysyncobj.md §5.3) ----------------------
+    def _note_conflict(self, node: Any, msg: dict[str, Any]) -> None:
+        """prevLogIdx holds an entry of another term: remember where our suspect run starts.
+
+        pysyncobj answers the first message of a round "go back to prevLogIdx" and the later
+        ones of the same round "my end is last+1"; the leader applies the replies in order and
+        ends at last+1 again, every round (the restarted ex-leader livelock). We answer every
+        reset with at most this floor until a success: the start of our run of entries of the
+        conflicting term, never below our commit index + 1 (those entries are committed).
+        """
+        held = self._floor.get(node)
+        if held is not None and held[0] != msg["term"]:
+            del self._floor[node]
+        prev = msg.get("prevLogIdx")
+        if prev is None or "transmission" in msg or len(self._journal) == 0:
+            return
+        j = self._journal
+        first, last = j[0][1], j[-1][1]
+        if not first < prev <= last or j[prev - first][2] == msg["prevLogTerm"]:
+            return
+        term = j[prev - first][2]
+        start = prev
+        lowest = max(first + 1, j.getRaftCommitIndex() + 1)
+        while start - 1 >= lowest and j[start - 1 - first][2] == term:
+            start -= 1
+        floor = max(start, lowest)
+        held = self._floor.get(node)
+        self._floor[node] = (msg["term"], floor if held is None else min(held[1], floor))
+
+    def _apply_floor(self, node: Any, message: dict[str, Any]) -> dict[str, Any]:
+        held = self._floor.get(node)
+        if held is None:
+            return message
+        if message["success"]:
+            del self._floor[node]
+            return message
+        if message["reset"] and message["next_node_idx"] > held[1]:
+            self.backtracks_kept += 1
+            return {**message, "next_node_idx": held[1]}
+        return message
 
     def _absorb_resend(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Rewrite an append_entries whose entries we already hold into a pure append.

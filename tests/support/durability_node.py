@@ -87,6 +87,8 @@ def build(ns: argparse.Namespace) -> tuple[DurabilityNode, StateBox]:
         DurableTransport._absorb_resend = lambda self, msg: msg
     if os.environ.get("RAFTMQ_TEST_STOCK_CHUNKS") == "1":  # sensitivity runs: stock labels
         DurableTransport._send_chunk = lambda self, node, msg: TCPTransport.send(self, node, msg)
+    if os.environ.get("RAFTMQ_TEST_STOCK_BACKTRACK") == "1":  # sensitivity runs: stock replies
+        DurableTransport._apply_floor = lambda self, node, message: message
     if os.environ.get("RAFTMQ_TEST_SYNC_PER_MESSAGE") == "1":  # measurement: the spike's way
         DurableTransport._release_acks_at_round_end = False
     if os.environ.get("RAFTMQ_TEST_STOCK_CLEAR") == "1":  # sensitivity runs: stock clear()
@@ -127,6 +129,7 @@ def stats_of(node: DurabilityNode) -> dict[str, Any]:
         "chunks_relabelled": transport.chunks_relabelled,
         "resends_absorbed": transport.resends_absorbed,
         "entries_absorbed": transport.entries_absorbed,
+        "backtracks_kept": transport.backtracks_kept,
         "commit": node.raftCommitIndex,
         "applied": node.raftLastApplied,
         "term": node.raftCurrentTerm,
@@ -174,7 +177,9 @@ def run_writer(node: DurabilityNode, ns: argparse.Namespace) -> None:
 
     seq = 0
     while not ns.max_entries or seq < ns.max_entries:
-        slots.acquire()
+        # pysyncobj has no timeouts: a command acknowledged by a leader that then died waits
+        # for its index forever. After 2 s without a free slot, submit anyway.
+        slots.acquire(timeout=2)
         size = sizes[seq % len(sizes)] if sizes else ns.payload_bytes
         submit(msgpack.packb([ns.id, seq, b"x" * size]))
         seq += 1

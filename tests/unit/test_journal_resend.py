@@ -80,3 +80,50 @@ def test_plain_append_at_our_end_is_unchanged(tmp_path: Path, log5: list[Entry])
     msg = append(log5[19], log_of(21, 22, 5), term=5)
     assert t._absorb_resend(msg) is msg
     assert t.resends_absorbed == 0
+
+
+# -- the restarted ex-leader livelock (research/pysyncobj.md §5.3) --------------------------------
+def make_follower(tmp_path: Path, log: list[Entry]) -> DurableTransport:
+    t = make(tmp_path, log)
+    t._floor = {}
+    t.backtracks_kept = 0
+    return t
+
+
+def ack(next_idx: int, *, success: bool = False, reset: bool = True) -> dict[str, Any]:
+    return {"type": "next_node_idx", "next_node_idx": next_idx, "reset": reset,
+            "success": success}
+
+
+def test_backtrack_point_survives_the_later_replies_of_the_round(tmp_path: Path) -> None:
+    """Our tail 11..15 is of an old term (3) the new leader (term 5) does not have."""
+    ours = log_of(1, 10, 2) + log_of(11, 15, 3, tag=b"old")
+    t = make_follower(tmp_path, ours)
+    leader = "L"
+    first = append((b"new15", 15, 5), [(b"new16", 16, 5)], term=5)  # prevLogIdx 15: mismatch
+    t._note_conflict(leader, first)
+    # pysyncobj answers "go back to 15", then for the next message of the round (prevLogIdx
+    # 40, which we lack) "my end is 16"; both must say 11, the start of our term-3 run.
+    assert t._apply_floor(leader, ack(15))["next_node_idx"] == 11
+    later = append((b"new40", 40, 5), [(b"new41", 41, 5)], term=5)
+    t._note_conflict(leader, later)
+    assert t._apply_floor(leader, ack(16))["next_node_idx"] == 11
+    assert t.backtracks_kept == 2
+    assert t._apply_floor(leader, ack(30, success=True, reset=False))["next_node_idx"] == 30
+    assert leader not in t._floor, "a success ends the backtrack"
+
+
+def test_floor_never_goes_below_the_commit_index(tmp_path: Path) -> None:
+    ours = log_of(1, 15, 3)
+    t = make_follower(tmp_path, ours)
+    t._journal.setRaftCommitIndex(12)
+    t._note_conflict("L", append((b"x", 14, 5), [], term=5))
+    assert t._floor["L"] == (5, 13)
+
+
+def test_matching_prev_sets_no_floor(tmp_path: Path) -> None:
+    ours = log_of(1, 15, 3)
+    t = make_follower(tmp_path, ours)
+    t._note_conflict("L", append(ours[13], [], term=5))
+    assert t._floor == {}
+    assert t._apply_floor("L", ack(16)) == ack(16)

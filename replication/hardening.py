@@ -86,6 +86,7 @@ def check_data_dir(data_dir: Path) -> None:
     """Refuse to start from files we cannot trust; raise SnapshotError / JournalError."""
     snapshot = data_dir / SNAPSHOT_FILE_NAME
     journal = data_dir / JOURNAL_FILE_NAME
+    _remove_temp_files(data_dir)
     if snapshot.exists():
         verify_snapshot_file(snapshot)
         return
@@ -96,6 +97,15 @@ def check_data_dir(data_dir: Path) -> None:
                 f"journal {journal} starts at index {entries[0][1]} but the snapshot "
                 f"{snapshot} is missing: refusing to start with a hole in the log"
             )
+
+
+def _remove_temp_files(data_dir: Path) -> None:
+    """Temp files of interrupted writes are never the durable state: remove them."""
+    patterns = (f"{SNAPSHOT_FILE_NAME}.tmp*", f"{SNAPSHOT_FILE_NAME}.1.tmp", "raft.journal*.tmp")
+    for pattern in patterns:
+        for path in data_dir.glob(pattern):
+            log.info("removing temp file of an interrupted write: %s", path)
+            path.unlink()
 
 
 def build_syncobj_args(

@@ -151,3 +151,13 @@ def test_pysyncobj_rename_after_forked_serializer_is_a_noop(tmp_path: Path) -> N
     assert patches.durable_replace(str(ours) + ".tmp", str(ours))
     assert read_snapshot_file(ours).state == b"ours"
     assert os.listdir(tmp_path) == ["raft.snapshot"]
+
+
+def test_check_data_dir_removes_temp_files_of_interrupted_writes(tmp_path: Path) -> None:
+    write_snapshot_file(tmp_path / "raft.snapshot", sample())
+    leftovers = ["raft.snapshot.tmp.1234", "raft.snapshot.1.tmp", "raft.journal.tmp",
+                 "raft.journal.meta.tmp"]
+    for name in leftovers:
+        (tmp_path / name).write_bytes(b"partial")
+    hardening.check_data_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raft.snapshot"]

@@ -3,6 +3,7 @@ count in the majority; remove a follower and the leader under load; nothing acke
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import threading
@@ -99,6 +100,10 @@ def members(node: Node) -> dict[str, dict[str, Any]]:
     return {m["id"]: m for m in r.body["members"]}
 
 
+def listed(node: Node, node_id: str) -> bool:
+    return node_id in members(node)
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "node.cli", "cluster", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=90)
@@ -123,7 +128,7 @@ def test_add_node_under_load_catches_up_and_counts_in_the_majority(cluster: Clus
         assert done.returncode == 0, done.stderr + cluster.log_tail(follower)
         assert "added n4" in done.stdout
         for node in cluster.nodes:  # every node lists the new member with its addresses
-            wait_until(lambda node=node: "n4" in members(node), 15, what=f"n4 listed by {node.id}")
+            wait_until(functools.partial(listed, node, "n4"), 15, what=f"n4 listed by {node.id}")
             assert members(node)["n4"]["http"] == f"127.0.0.1:{n4.http_port}"
             assert len(members(node)) == 4
         acked_before = len(pub.acked)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import urllib.error
+from pathlib import Path
 from typing import Any
 
 from tests.support.cluster import REPO, TEST_SECRET, Cluster, Node, free_ports, http, wait_until
@@ -217,3 +218,36 @@ def test_remove_leader_through_itself_transfers_leadership_first(cluster: Cluste
     finally:
         pub.stop()
     assert_nothing_lost(pub, stay[0].url)
+
+
+COMPACT_OFTEN = "[raft]\nlogCompactionMinEntries = 50\nlogCompactionMinTime = 1\n"
+
+
+def test_added_node_catches_up_from_a_snapshot(tmp_path: Path) -> None:
+    """The leader compacted its log long before the add: the new node gets a snapshot."""
+    cluster = Cluster(tmp_path, size=3, extra_config=COMPACT_OFTEN)
+    try:
+        cluster.start()
+        cluster.wait_ready()
+        url = cluster.nodes[0].url
+        assert http("PUT", f"{url}/v1/queues/{QUEUE}").status == 201
+        bodies = [f"s{i}" for i in range(400)]
+        for i in range(0, len(bodies), 4):
+            r = http("POST", f"{url}/v1/queues/{QUEUE}/messages",
+                     {"messages": [{"body": b} for b in bodies[i:i + 4]]})
+            assert r.status == 201, r.body
+        leader = cluster.leader()
+        wait_until(lambda: (leader.data_dir / "raft.snapshot").exists(), 30,
+                   what="the leader's first snapshot")
+        n4 = start_new_node(cluster, "n4")
+        r = http("POST", f"{cluster.followers()[0].url}/v1/cluster/members",
+                 {"id": "n4", "raft": f"127.0.0.1:{n4.raft_port}",
+                  "http": f"127.0.0.1:{n4.http_port}"}, timeout_s=60)
+        assert r.status == 201, r.body
+        wait_until(lambda: published_total(n4) == len(bodies), 30,
+                   what="n4 holding every message")
+        assert "snapshot_loaded" in n4.log_path.read_text()
+        got = drain(n4.url)
+        assert sorted(got) == sorted(bodies)
+    finally:
+        cluster.stop()

@@ -96,3 +96,30 @@ def test_partitioned_leader_steps_down_within_two_election_timeouts(tmp_path: Pa
         for pid in stopped:
             os.kill(pid, signal.SIGCONT)
         cluster.kill_all()
+
+
+def test_resent_entries_are_absorbed_without_io(tmp_path: Path) -> None:
+    """Defect 9: the leader re-sends in-flight entries (its nextIndex moves back on every ack).
+    Reproduced by counting what followers receive against what they write: re-sent entries
+    arrive (absorbed by the transport or deduplicated by the journal) and cost no record."""
+    cluster = DCluster(tmp_path, 3)
+    try:
+        cluster.start_all("idle")
+        leader = wait_until(cluster.leader, what="a leader")
+        cluster.kill(leader)
+        cluster.start(leader, "write", "--window", "64", "--retry", "--payload-bytes", "8000",
+                      "--max-entries", "3000")
+        wait_acks([leader], 3000, timeout_s=120)
+        time.sleep(1.5)  # let the stats files catch up (written every 0.5 s)
+        followers = [n.stats() for n in cluster.nodes if n is not leader]
+        assert all(followers)
+        resent = 0
+        for s in followers:
+            assert s is not None
+            resent += s["entries_absorbed"] + s["dedup_skips"]
+            print(f"follower adds={s['adds']} written={s['records_written']} commit={s['commit']}"
+                  f" absorbed={s['entries_absorbed']} dedup={s['dedup_skips']} syncs={s['syncs']}")
+            assert s["records_written"] <= s["commit"] + 2 * 64, "a re-sent entry cost a write"
+        assert resent > 0, "the leader's re-sends (pysyncobj §3.6) were not observed"
+    finally:
+        cluster.kill_all()

@@ -73,11 +73,38 @@ def pid_of_node(supervisor: int, node_id: str) -> int:
     sys.exit(f"no process for node {node_id}")
 
 
+# (bucket, substrings of a frame): a sample goes to the first bucket matched from the leaf up
+BUCKETS = [
+    ("waiting in poll/epoll (idle)", ("EpollSelector.select", "PollPoller.poll")),
+    ("journal fsync (raft thread, GIL released)", ("fdatasync", "fsync (replication")),
+    ("thread hand-offs (call_soon_threadsafe, pipe notifier)",
+     ("_write_to_self", "PipeNotifier.notify", "_read_from_self")),
+    ("HTTP gzip of answers", ("compression_utils",)),
+    ("request validation (storage/validate.py)", ("storage/validate.py",)),
+    ("state machine apply (storage/)", ("storage/",)),
+    ("msgpack pack/unpack", ("msgpack/", "unpack_entry", "pack_command")),
+    ("Raft transport: frames, MAC, send/recv (pysyncobj, replication/transport, patches)",
+     ("pysyncobj/", "replication/transport", "replication/patches", "hmac.py")),
+    ("journal writes (replication/journal.py)", ("replication/journal",)),
+    ("HTTP server: aiohttp, middlewares, handlers, body codec",
+     ("aiohttp/", "node/", "asyncio/")),
+]
+
+
+def bucket_of(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for name, keys in BUCKETS:
+            if any(k in frame for k in keys):
+                return name
+    return "other"
+
+
 def summarise(folded: Path, top: int) -> str:
     """Self and inclusive sample shares from py-spy's collapsed ('raw') output."""
     self_c: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
+    buckets: collections.Counter[str] = collections.Counter()
     total = 0
     for line in folded.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
@@ -86,10 +113,13 @@ def summarise(folded: Path, top: int) -> str:
         total += count
         threads[frames[0]] += count
         self_c[frames[-1]] += count
+        buckets[bucket_of(frames[1:])] += count
         for f in set(frames[1:]):
             incl[f] += count
     out = [f"samples: {total}", "", "by thread:"]
     out += [f"  {100 * c / total:5.1f}%  {t}" for t, c in threads.most_common(6)]
+    out += ["", "by bucket (first match from the leaf up):"]
+    out += [f"  {100 * c / total:5.1f}%  {b}" for b, c in buckets.most_common()]
     out += ["", "self (leaf) samples:"]
     out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in self_c.most_common(top)]
     out += ["", "inclusive samples:"]
@@ -105,8 +135,12 @@ def main() -> int:
     ap.add_argument("--base-port", type=int, default=27400)
     ap.add_argument("--rate", type=int, default=97, help="py-spy samples per second")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--summarise", type=Path, help="only summarise this folded file")
     ap.add_argument("bench", nargs="*", default=["publish", "-b", "100", "-c", "16"])
     a = ap.parse_args()
+    if a.summarise:
+        print(summarise(a.summarise, a.top))
+        return 0
     a.out.mkdir(parents=True, exist_ok=True)
     data = Path(tempfile.mkdtemp(prefix="raftmq-profile-"))
     py = sys.executable

@@ -136,6 +136,9 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=97, help="py-spy samples per second")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--summarise", type=Path, help="only summarise this folded file")
+    ap.add_argument("--role", choices=("leader", "follower"), default="leader",
+                    help="profile the leader (default) or a follower")
+    ap.add_argument("--idle", action="store_true", help="py-spy --idle: include waiting")
     ap.add_argument("bench", nargs="*", default=["publish", "-b", "100", "-c", "16"])
     a = ap.parse_args()
     if a.summarise:
@@ -152,14 +155,18 @@ def main() -> int:
         urls = [f"http://127.0.0.1:{a.base_port + i}" for i in (1, 2, 3)]
         wait_ready(urls)
         info = get_json(urls[0] + "/v1/cluster")
-        leader = pid_of_node(sup.pid, info["leader"])
+        target = info["leader"]
+        if a.role == "follower":
+            target = next(m["id"] for m in info["members"] if m["id"] != info["leader"])
+        leader = pid_of_node(sup.pid, target)
         pids = ",".join(str(p) for p in children(sup.pid))
         leader_url = next(m["http"] for m in info["members"] if m["id"] == info["leader"])
         leader_url = leader_url if "://" in leader_url else "http://" + leader_url
         folded = a.out / "leader.folded"
         spy = subprocess.Popen([str(Path(py).parent / "py-spy"), "record", "-p", str(leader),
                                 "-d", str(int(a.duration)), "-r", str(a.rate), "--threads",
-                                "--nonblocking", "-f", "raw", "-o", str(folded)],
+                                "--nonblocking", "-f", "raw", "-o", str(folded),
+                                *(["--idle"] if a.idle else [])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # let py-spy attach before the load starts
         cmd = [py, "-m", "raftmq.bench", *a.bench, "--duration", str(a.duration - 3),
@@ -167,7 +174,7 @@ def main() -> int:
         result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         (a.out / "bench.json").write_text(result.stdout + result.stderr)
         spy.wait(a.duration + 30)
-        print(f"leader {info['leader']} pid {leader}; bench: {a.out / 'bench.json'}")
+        print(f"{a.role} {target} pid {leader}; bench: {a.out / 'bench.json'}")
         r = json.loads(result.stdout)["results"][0]
         print(f"{r['label']}: {r['msgs_per_s']:,.0f} msg/s, node CPU {r['node_cpu_pct']}%, "
               f"p50 {r['latency_ms']['p50']} ms")

@@ -251,3 +251,33 @@ def test_added_node_catches_up_from_a_snapshot(tmp_path: Path) -> None:
         assert sorted(got) == sorted(bodies)
     finally:
         cluster.stop()
+
+
+def test_membership_survives_restarts_with_outdated_cluster_files(tmp_path: Path) -> None:
+    """n1..n3's files never list n4 and still list n2: restarted, they follow the membership in
+    their log and snapshot (n1, n3, n4), elect a leader among it, and take writes."""
+    cluster = Cluster(tmp_path, size=3, extra_config=COMPACT_OFTEN)
+    try:
+        cluster.start()
+        cluster.wait_ready()
+        n1, n2, n3 = cluster.nodes
+        assert http("PUT", f"{n1.url}/v1/queues/{QUEUE}").status == 201
+        n4 = start_new_node(cluster, "n4")
+        assert http("POST", f"{n1.url}/v1/cluster/members",
+                    {"id": "n4", "raft": f"127.0.0.1:{n4.raft_port}",
+                     "http": f"127.0.0.1:{n4.http_port}"}, timeout_s=60).status == 201
+        assert http("DELETE", f"{n1.url}/v1/cluster/members/n2", timeout_s=60).status == 200
+        cluster.kill(n2)
+        for i in range(100):  # past logCompactionMinEntries: restarts load a snapshot
+            assert http("POST", f"{n1.url}/v1/queues/{QUEUE}/messages",
+                        {"messages": [{"body": f"r{i}"}]}).status == 201
+        for node in (n1, n3):
+            cluster.restart(node)
+            wait_until(lambda node=node: http("GET", f"{node.url}/readyz").status == 200, 30,
+                       what=f"{node.id} ready after restart")
+            assert sorted(members(node)) == ["n1", "n3", "n4"]
+        r = http("POST", f"{n3.url}/v1/queues/{QUEUE}/messages", {"messages": [{"body": "end"}]})
+        assert r.status == 201, r.body
+        assert len(drain(n4.url)) == 101
+    finally:
+        cluster.stop()

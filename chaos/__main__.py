@@ -12,6 +12,7 @@ from typing import Any
 
 from chaos.netns import NetnsUnavailable
 from chaos.runner import RunConfig, run, summary_line
+from chaos.summary import load_reports, markdown
 from chaos.workload import WorkloadConfig
 
 DEFAULT_FAULTS = "kill,pause,partition,corrupt"
@@ -57,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     p_camp.add_argument("--alternate-nodes", action="store_true",
                         help="odd seeds with 3 nodes, even seeds with 5")
     p_camp.add_argument("--out", type=Path, default=Path("chaos-out/campaign"))
+    p_sum = sub.add_parser("summary", help="Markdown table of campaign directories")
+    p_sum.add_argument("dirs", type=Path, nargs="+")
     args = parser.parse_args(argv)
+    if args.cmd == "summary":
+        print(markdown(load_reports(args.dirs)), end="")
+        return 0
     signal.signal(signal.SIGTERM, _terminate)  # so `finally` blocks clean up on SIGTERM too
     try:
         if args.cmd == "run":

@@ -33,3 +33,20 @@ def test_timeline_counts_ok_ops_per_second() -> None:
     tl = report.timeline(h.ops)
     assert tl["ok_per_s"]["publish"] == {0: 2}
     assert set(tl["publish_latency_ms_max"]) == {0}
+
+
+def test_campaign_summary_table_names_invalid_seeds(tmp_path: Path) -> None:
+    from chaos.summary import load_reports, markdown
+
+    for seed, valid in ((1, True), (2, False)):
+        (tmp_path / f"seed-{seed}").mkdir()
+        report_json = {"seed": seed, "nodes": 3, "workload": "queue", "valid": valid,
+                       "schedule": [{"kind": "kill-one"}], "ops": 10, "duration_s": 60,
+                       "anomaly_counts": {"lost": 0 if valid else 3},
+                       "queue": {"stats": {"publish_acked": 5}},
+                       "availability": {"recovery_s_max": 0.5}, "phases": {}}
+        (tmp_path / f"seed-{seed}" / "report.json").write_text(json.dumps(report_json))
+    table = markdown(load_reports([tmp_path]))
+    assert "| 1 | 3 | queue | kill-one | 10 | 5 | 0.5 | valid |" in table
+    assert '**INVALID** {"lost": 3}' in table
+    assert "invalid runs: [2]" in table

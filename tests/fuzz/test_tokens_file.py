@@ -48,7 +48,7 @@ def tokens_files(draw: st.DrawFn) -> str:
     return "\n".join(lines) + "\n"
 
 
-@settings(max_examples=fuzz_examples(200), deadline=None,
+@settings(max_examples=fuzz_examples(100), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=tokens_files())
 def test_any_tokens_file_loads_or_is_refused_clearly(tmp_path: Path, text: str) -> None:

@@ -118,8 +118,8 @@ class AuthConfig:
 
 def load(path: Path) -> AuthConfig:
     try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise AuthError(f"{path}: {exc}") from exc
     entries = raw.get("tokens")
     if not isinstance(entries, list) or not entries:
@@ -164,7 +164,8 @@ def presented_token(request: web.Request) -> bytes | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         return None
-    return value.strip().encode()
+    # surrogateescape: a header with non-UTF-8 bytes is just a token that matches nothing (401)
+    return value.strip().encode("utf-8", "surrogateescape")
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -25,7 +25,7 @@ from node.app import CTX, NodeContext, error_middleware, header_middleware, limi
 from node.config import ClusterConfig, split_addr
 from node.waiters import ApplyNotifier
 from replication import Replica, ReplicaConfig
-from storage.limits import Limits
+from storage.limits import DEFAULT_LIMITS, Limits
 from storage.state import BrokerState
 
 log = logging.getLogger("raftmq.node")
@@ -72,11 +72,20 @@ def tls_context(cluster: ClusterConfig) -> ssl.SSLContext | None:
 
 
 def limits_from(cluster: ClusterConfig) -> Limits:
-    known = set(Limits.__dataclass_fields__)
-    unknown = sorted(set(cluster.limits) - known)
+    """The cluster's limits; a wrong name, type or range stops the node at start."""
+    fields = Limits.__dataclass_fields__
+    unknown = sorted(set(cluster.limits) - set(fields))
     if unknown:
         raise SystemExit(f"[limits] has unknown keys: {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(known))}")
+                         f"known: {', '.join(sorted(fields))}")
+    for key, value in cluster.limits.items():
+        default = getattr(DEFAULT_LIMITS, key)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (isinstance(default, int) and not isinstance(value, int)):
+            raise SystemExit(f"[limits] {key} must be {type(default).__name__} "
+                             f"(like its default {default}), got {value!r}")
+        if value <= 0:
+            raise SystemExit(f"[limits] {key} must be greater than 0, got {value!r}")
     return Limits(**cluster.limits)
 
 

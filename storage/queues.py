@@ -131,12 +131,20 @@ def receipt_of(msg: Msg) -> str:
 
 
 def parse_receipt(receipt: Any) -> tuple[int, int] | None:
-    if not isinstance(receipt, str) or len(receipt) > 64:
+    """(message id, delivery no) of a receipt in its one canonical spelling, else None (stale).
+
+    Only ASCII digits without leading zeros: str.isdigit() also accepts '¹', which int()
+    refuses, and '01.1' must not name the same delivery as '1.1'."""
+    if not isinstance(receipt, str) or len(receipt) > 64 or not receipt.isascii():
         return None
     mid, sep, delivery = receipt.partition(".")
-    if not sep or not mid.isdigit() or not delivery.isdigit():
+    if not sep or not _canonical_number(mid) or not _canonical_number(delivery):
         return None
     return int(mid), int(delivery)
+
+
+def _canonical_number(text: str) -> bool:
+    return text.isdigit() and (text == "0" or not text.startswith("0"))
 
 
 class Group:

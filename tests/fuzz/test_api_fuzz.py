@@ -326,8 +326,6 @@ def test_lone_surrogates_are_400_not_500(fz: Cluster) -> None:
         assert decode_error(answer, path)["code"] == "invalid_request"
 
 
-@pytest.mark.xfail(strict=True, reason="storage.queues.parse_receipt raises ValueError on "
-                   "'1.\u00b9' inside apply: the node answers 500 internal_error")
 def test_a_receipt_with_superscript_digits_is_stale_not_500(fz: Cluster) -> None:
     port = fz.nodes[0].http_port
     for op in ("ack", "nack"):
@@ -479,13 +477,7 @@ def crash_records(log: str) -> list[str]:
     bad = [r for r in records if "level=ERROR" in r or "level=CRITICAL" in r or "Traceback" in r]
     return [r for r in bad if not ("aiohttp.server" in r.splitlines()[0]
                                    and ("in data_received" in r
-                                        or "Can not decode content-encoding" in r))
-            and KNOWN_BUG not in r]
-
-
-# logged by test_a_receipt_with_superscript_digits_is_stale_not_500 (xfail, strict): remove
-# with that mark once storage.queues.parse_receipt is fixed
-KNOWN_BUG = "in parse_receipt"
+                                        or "Can not decode content-encoding" in r))]
 
 
 def test_the_answer_checker_rejects_contract_violations() -> None:

@@ -33,8 +33,6 @@ def test_the_issued_receipt_acks() -> None:
         {"acked": 1, "stale": []}
 
 
-@pytest.mark.xfail(strict=True, reason="storage.queues.parse_receipt accepts non-canonical "
-                                       "spellings of a receipt (leading zeros, Unicode digits)")
 @pytest.mark.parametrize("alias", ALIASES)
 def test_a_receipt_spelled_otherwise_is_stale(alias: str) -> None:
     issued: list[str] = []
@@ -44,9 +42,6 @@ def test_a_receipt_spelled_otherwise_is_stale(alias: str) -> None:
     assert result == {"acked": 0, "stale": [alias]}
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="storage.queues.parse_receipt: '\u00b9'.isdigit() is True but int() "
-                          "raises ValueError, which escapes BrokerState.apply")
 @pytest.mark.parametrize("op", ["queue.ack", "queue.nack", "queue.visibility"])
 def test_apply_does_not_raise_on_superscript_digits(op: str) -> None:
     """apply must never raise (issue 2, defect 5); 'x.\u00b9' must simply be stale."""

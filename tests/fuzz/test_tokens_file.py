@@ -65,9 +65,6 @@ def test_any_tokens_file_loads_or_is_refused_clearly(tmp_path: Path, text: str) 
         assert token.queues and token.topics
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="node/auth.py load: read_text() of a non-UTF-8 file raises "
-                          "UnicodeDecodeError, which load does not turn into AuthError")
 def test_a_binary_tokens_file_is_refused_clearly(tmp_path: Path) -> None:
     path = tmp_path / "tokens.toml"
     path.write_bytes(b"\xff\xfe[[tokens]]\n")

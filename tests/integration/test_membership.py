@@ -281,3 +281,40 @@ def test_membership_survives_restarts_with_outdated_cluster_files(tmp_path: Path
         assert len(drain(n4.url)) == 101
     finally:
         cluster.stop()
+
+
+def test_concurrent_changes_one_wins_the_other_is_told_to_retry(cluster: Cluster) -> None:
+    """Two adds sent together: one is carried out, the other answered 409
+    membership_change_in_progress (retryable), never both half-done."""
+    url = cluster.nodes[0].url
+    ports = free_ports(4)
+    bodies = [{"id": f"n{4 + i}", "raft": f"127.0.0.1:{ports[2 * i]}",
+               "http": f"127.0.0.1:{ports[2 * i + 1]}"} for i in range(2)]
+    answers: dict[str, Any] = {}
+    start = threading.Barrier(2)
+
+    def post(body: dict[str, str]) -> None:
+        start.wait()
+        answers[body["id"]] = http("POST", f"{url}/v1/cluster/members", body, timeout_s=60)
+
+    threads = [threading.Thread(target=post, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=90)
+    statuses = sorted(a.status for a in answers.values())
+    assert statuses == [201, 409], {k: (a.status, a.body) for k, a in answers.items()}
+    loser = next(a for a in answers.values() if a.status == 409)
+    assert loser.body["error"]["code"] == "membership_change_in_progress"
+    assert loser.body["error"]["retryable"] is True
+    winner = next(k for k, a in answers.items() if a.status == 201)
+    assert sorted(members(cluster.nodes[1])) == sorted(["n1", "n2", "n3", winner])
+
+
+def test_cli_reports_an_unreachable_node_clearly() -> None:
+    port = free_ports(1)[0]
+    done = cli("remove-node", "--url", f"http://127.0.0.1:{port}", "--id", "n1")
+    assert done.returncode == 1
+    assert "unreachable" in done.stderr and str(port) in done.stderr
+    usage = cli("add-node", "--url", f"http://127.0.0.1:{port}", "--id", "n4")
+    assert usage.returncode == 2 and "--raft" in usage.stderr

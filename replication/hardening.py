@@ -11,6 +11,7 @@ Public interface (used by replication/replica.py):
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "SnapshotHooks",
     "build_syncobj_args",
     "check_data_dir",
+    "durability_stats",
     "install_patches",
     "refuse_optimized_python",
     "snapshotter_for",
@@ -174,6 +176,23 @@ def _make_conf(
     conf = syncobj_conf(**kwargs)
     conf.validate()
     return conf
+
+
+def durability_stats(data_dir: Path) -> dict[str, Any]:
+    """Counters of a node's journal, transport and snapshots (metrics, tests, DESIGN.md)."""
+    journal = patches.journal_for(str((data_dir / JOURNAL_FILE_NAME).resolve()))
+    stats: dict[str, Any] = dataclasses.asdict(journal.stats)
+    stats.pop("extra", None)
+    transport = patches.transport_for(str(journal.path))
+    if transport is not None:
+        for name in ("rounds", "round_syncs", "chunks_relabelled", "resends_absorbed",
+                     "entries_absorbed", "backtracks_kept"):
+            stats[name] = getattr(transport, name)
+    snap = snapshotter_for(data_dir)
+    stats.update(snapshots_ok=snap.count_ok, snapshots_failed=snap.count_failed,
+                 snapshot_last_duration_s=snap.last_duration_s,
+                 frames_rejected=patches.frame_codec().rejected_frames)
+    return stats
 
 
 def snapshotter_for(data_dir: Path) -> ForkSnapshotter:

@@ -34,6 +34,7 @@ import logging
 import os
 import signal
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -232,6 +233,8 @@ class JournalStats:
     truncations_logical: int = 0  # deleteEntriesFrom calls
     truncations_physical: int = 0  # ftruncate calls (a different entry arrived)
     syncs: int = 0  # fdatasync calls of the journal file
+    sync_s_total: float = 0.0  # time spent in write + fdatasync of sync()
+    sync_s_max: float = 0.0
     bytes_written: int = 0
     rewrites: int = 0  # compactions / snapshot installs (atomic rewrite)
     torn_bytes_dropped: int = 0  # cut from the tail at open
@@ -435,6 +438,7 @@ class DurableJournal:
         """Write everything pending and fdatasync once (group commit)."""
         if self._durable:
             return
+        start_s = time.perf_counter()
         if self._pending:
             data = bytes(self._pending)
             write_all(self._fd, data)
@@ -442,7 +446,10 @@ class DurableJournal:
             self.stats.bytes_written += len(data)
             self._pending.clear()
         fdatasync(self._fd)
+        took_s = time.perf_counter() - start_s
         self.stats.syncs += 1
+        self.stats.sync_s_total += took_s
+        self.stats.sync_s_max = max(self.stats.sync_s_max, took_s)
         self._durable = True
 
     def close(self) -> None:

@@ -41,6 +41,7 @@ ZLIB_LEVEL = 0  # compression of frames costs 150x the patched codec; bodies are
 _lock = threading.Lock()
 _installed_secret: list[bytes | None] = []  # empty until installed; then [secret]
 _journals: dict[str, DurableJournal] = {}
+_transports: dict[str, Any] = {}  # journal path -> DurableTransport (for durability_stats)
 _fork_managed_dumps: set[str] = set()  # dump paths whose writes our forked child renames itself
 
 
@@ -146,6 +147,16 @@ def create_journal(journalFile: str | None = None) -> DurableJournal:  # noqa: N
     with _lock:
         _journals[key] = journal
     return journal
+
+
+def register_transport(journal_file: str, transport: Any) -> None:
+    with _lock:
+        _transports[str(Path(journal_file).resolve())] = transport
+
+
+def transport_for(journal_file: str) -> Any:
+    with _lock:
+        return _transports.get(str(Path(journal_file).resolve()))
 
 
 def journal_for(journal_file: str) -> DurableJournal:

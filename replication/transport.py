@@ -41,6 +41,7 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:  # noqa: N803
         self._journal = patches.journal_for(syncObj.conf.journalFile)
+        patches.register_transport(syncObj.conf.journalFile, self)
         self._journal.leader_probe = syncObj._isLeader
         self._held_acks: list[tuple[Any, dict[str, Any]]] = []
         self._held_finish: dict[Any, dict[str, Any]] = {}

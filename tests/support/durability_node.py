@@ -115,6 +115,7 @@ def stats_of(node: DurabilityNode) -> dict[str, Any]:
     s = journal.stats
     transport = node._SyncObj__transport
     return {
+        **hardening.durability_stats(Path(node.conf.journalFile).parent),
         "adds": s.adds,
         "records_written": s.records_written,
         "dedup_skips": s.dedup_skips,

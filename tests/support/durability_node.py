@@ -32,6 +32,7 @@ from pysyncobj import FAIL_REASON, SyncObj, replicated
 from pysyncobj.transport import TCPTransport
 
 from replication import hardening, patches
+from replication import journal as journal_mod
 from replication.journal import DurableJournal
 from replication.transport import DurableTransport
 
@@ -89,6 +90,8 @@ def build(ns: argparse.Namespace) -> tuple[DurabilityNode, StateBox]:
         DurableTransport._send_chunk = lambda self, node, msg: TCPTransport.send(self, node, msg)
     if os.environ.get("RAFTMQ_TEST_STOCK_BACKTRACK") == "1":  # sensitivity runs: stock replies
         DurableTransport._apply_floor = lambda self, node, message: message
+    if os.environ.get("RAFTMQ_TEST_NO_FDATASYNC") == "1":  # sensitivity runs: journal unsynced
+        journal_mod.fdatasync = lambda fd: None
     if os.environ.get("RAFTMQ_TEST_SYNC_PER_MESSAGE") == "1":  # measurement: the spike's way
         DurableTransport._release_acks_at_round_end = False
     if os.environ.get("RAFTMQ_TEST_STOCK_CLEAR") == "1":  # sensitivity runs: stock clear()

@@ -56,6 +56,8 @@ LEADER_FALLBACK_ELECTION_TIMEOUTS = 2  # a partitioned leader steps down after ~
 APPEND_ENTRIES_BATCH_BYTES = 65_536  # do not raise: followers time out on big frames
 LOG_COMPACTION_MIN_ENTRIES = 20_000
 LOG_COMPACTION_MIN_TIME_S = 300
+# Entries live in RAM (and the journal) until compaction: also compact past this much payload.
+LOG_COMPACTION_BYTES_MAX = 128 << 20
 CONNECTION_TIMEOUT_S = 3.5
 # pysyncobj's TcpConnection copies its whole read/write buffer per recv/send (quadratic in the
 # backlog); bigger kernel buffers mean fewer, larger calls. 64 KiB default; 1 MiB measured
@@ -117,9 +119,15 @@ def build_syncobj_args(
     peers: dict[str, str],
     data_dir: Path,
     snapshot_hooks: SnapshotHooks,
+    log_compaction_bytes_max: int = LOG_COMPACTION_BYTES_MAX,
     **conf_overrides: Any,
 ) -> dict[str, Any]:
-    """Keyword arguments for `SyncObj(...)` (or a subclass's `super().__init__(**args)`)."""
+    """Keyword arguments for `SyncObj(...)` (or a subclass's `super().__init__(**args)`).
+
+    `conf_overrides` are SyncObjConf options (unknown names are refused);
+    `log_compaction_bytes_max` forces a snapshot when the log holds more payload than that.
+    """
+    assert log_compaction_bytes_max > 0
     patches.assert_installed()
     assert ":" in raft_addr, f"raft_addr must be host:port, got {raft_addr!r}"
     assert peers.get(node_id, raft_addr) == raft_addr, "peers[node_id] differs from raft_addr"
@@ -130,6 +138,7 @@ def build_syncobj_args(
     _snapshotters[dump_file] = snapshotter
     patches.register_fork_managed_dump(dump_file)
     conf = _make_conf(data_dir, raft_addr, snapshotter, conf_overrides)
+    patches.set_compaction_bytes_max(conf.journalFile, log_compaction_bytes_max)
     others = [addr for pid, addr in sorted(peers.items()) if pid != node_id and addr != raft_addr]
     log.info("raft_conf node=%s raft=%s peers=%s", node_id, raft_addr, others)
     return {
@@ -183,10 +192,11 @@ def durability_stats(data_dir: Path) -> dict[str, Any]:
     journal = patches.journal_for(str((data_dir / JOURNAL_FILE_NAME).resolve()))
     stats: dict[str, Any] = dataclasses.asdict(journal.stats)
     stats.pop("extra", None)
+    stats["payload_bytes"] = journal.payload_bytes
     transport = patches.transport_for(str(journal.path))
     if transport is not None:
         for name in ("rounds", "round_syncs", "chunks_relabelled", "resends_absorbed",
-                     "entries_absorbed", "backtracks_kept"):
+                     "entries_absorbed", "backtracks_kept", "compactions_forced"):
             stats[name] = getattr(transport, name)
     snap = snapshotter_for(data_dir)
     stats.update(snapshots_ok=snap.count_ok, snapshots_failed=snap.count_failed,

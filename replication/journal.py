@@ -315,6 +315,7 @@ class DurableJournal:
         self._records: list[Entry] = []  # what the file holds (after pending writes)
         self._offsets: list[int] = []  # file offset of each record
         self._n = 0  # logical length: pysyncobj's log is self._records[:self._n]
+        self.payload_bytes = 0  # sum of the payloads the file holds (compaction by size)
         self._pending = bytearray()  # bytes not yet written, starting at self._written_end
         self._written_end = 0
         self._durable = True  # False while written or truncated bytes are not fsync'd
@@ -337,6 +338,7 @@ class DurableJournal:
             truncate(self._fd, end)
             fsync(self._fd)
         self._records, self._offsets, self._n = records, offsets, len(records)
+        self.payload_bytes = sum(len(e[0]) for e in records)
         self._written_end = end
         assert self._n == len(self._offsets)
 
@@ -365,6 +367,7 @@ class DurableJournal:
         self._records.append(entry)
         self._pending += rec
         self._n += 1
+        self.payload_bytes += len(entry[0])
         self._durable = False
         self.stats.records_written += 1
 
@@ -471,6 +474,7 @@ class DurableJournal:
         """Physically drop records [keep:] (a different entry arrived at `keep`)."""
         assert keep <= len(self._records)
         offset = self._offsets[keep]
+        self.payload_bytes -= sum(len(e[0]) for e in self._records[keep:])
         del self._records[keep:]
         del self._offsets[keep:]
         if offset >= self._written_end:
@@ -511,6 +515,7 @@ class DurableJournal:
         write_file_atomic(self.path, b"".join(parts), step_prefix="journal.rewrite")
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         self._records, self._offsets, self._n = list(records), offsets, logical
+        self.payload_bytes = sum(len(e[0]) for e in records)
         self._pending.clear()
         self._written_end = pos
         self._durable = True

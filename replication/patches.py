@@ -41,6 +41,7 @@ ZLIB_LEVEL = 0  # compression of frames costs 150x the patched codec; bodies are
 _lock = threading.Lock()
 _installed_secret: list[bytes | None] = []  # empty until installed; then [secret]
 _journals: dict[str, DurableJournal] = {}
+_compaction_bytes_max: dict[str, int] = {}  # journal path -> compact past this many bytes
 _transports: dict[str, Any] = {}  # journal path -> DurableTransport (for durability_stats)
 _fork_managed_dumps: set[str] = set()  # dump paths whose writes our forked child renames itself
 
@@ -147,6 +148,16 @@ def create_journal(journalFile: str | None = None) -> DurableJournal:  # noqa: N
     with _lock:
         _journals[key] = journal
     return journal
+
+
+def set_compaction_bytes_max(journal_file: str, limit: int) -> None:
+    with _lock:
+        _compaction_bytes_max[str(Path(journal_file).resolve())] = limit
+
+
+def compaction_bytes_max(journal_file: str) -> int | None:
+    with _lock:
+        return _compaction_bytes_max.get(str(Path(journal_file).resolve()))
 
 
 def register_transport(journal_file: str, transport: Any) -> None:

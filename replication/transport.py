@@ -42,6 +42,10 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:  # noqa: N803
         self._journal = patches.journal_for(syncObj.conf.journalFile)
         patches.register_transport(syncObj.conf.journalFile, self)
+        self._sync_obj = syncObj
+        self._compaction_bytes_max = patches.compaction_bytes_max(syncObj.conf.journalFile)
+        self._compaction_forced_at = -1  # journal rewrites count when we last forced one
+        self.compactions_forced = 0
         self._journal.leader_probe = syncObj._isLeader
         self._held_acks: list[tuple[Any, dict[str, Any]]] = []
         self._held_finish: dict[Any, dict[str, Any]] = {}
@@ -65,6 +69,7 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
             inner(timeout)
             self._release_chunks()
             self._release_acks()
+            self._maybe_force_compaction()
             self.rounds += 1
 
         poller.poll = poll
@@ -86,6 +91,19 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
             return self._send_chunk(node, message)
         self._release_chunk(node)
         return bool(super().send(node, message))
+
+    # -- compaction by size --------------------------------------------------------------------
+    def _maybe_force_compaction(self) -> None:
+        """pysyncobj compacts by entry count or time only; every entry also lives in RAM until
+        then. Past `log_compaction_bytes_max` of payload we ask for a snapshot (public API)."""
+        limit = self._compaction_bytes_max
+        if limit is None or self._journal.payload_bytes <= limit:
+            return
+        if self._compaction_forced_at == self._journal.stats.rewrites:
+            return  # already asked; wait until a compaction rewrote the journal
+        self._compaction_forced_at = self._journal.stats.rewrites
+        self.compactions_forced += 1
+        self._sync_obj.forceLogCompaction()
 
     # -- follower: absorb re-sent ranges (defect 9) ---------------------------------------------
     def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802

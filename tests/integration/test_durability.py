@@ -134,3 +134,23 @@ def test_resent_entries_are_absorbed_without_io(tmp_path: Path) -> None:
         assert resent > 0, "the leader's re-sends (pysyncobj §3.6) were not observed"
     finally:
         cluster.kill_all()
+
+
+def test_log_is_compacted_by_size(tmp_path: Path) -> None:
+    """pysyncobj compacts by entry count or time only and keeps every entry in RAM until then;
+    past log_compaction_bytes_max of payload the transport forces a snapshot."""
+    cluster = DCluster(tmp_path, 1)
+    node = cluster.nodes[0]
+    limit = 256 * 1024
+    try:
+        cluster.start(node, "write", "--window", "10", "--payload-bytes", "4000",
+                      "--max-entries", "600", "--compaction-bytes", str(limit))
+        wait_acks([node], 600)
+        stats = wait_until(lambda: (node.stats() or {}).get("snapshots_ok", 0) >= 3 and
+                           node.stats(), what="size-triggered snapshots")
+        assert stats["compactions_forced"] >= 3
+        assert stats["payload_bytes"] < 2 * limit + 10 * 4100
+        cluster.kill(node)
+        assert node.acks() and set(node.acks()) <= cluster.verify_all()[node.node_id]
+    finally:
+        cluster.kill_all()

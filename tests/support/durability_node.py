@@ -78,6 +78,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-entries", type=int, default=0)
     p.add_argument("--secret", default="")
     p.add_argument("--conf", default="{}")
+    p.add_argument("--compaction-bytes", type=int, default=0)
     p.add_argument("--retry", action="store_true", help="resubmit entries that failed")
     p.add_argument("--sizes", default="", help="comma list of payload sizes, one entry each")
     return p.parse_args(argv)
@@ -108,6 +109,7 @@ def build(ns: argparse.Namespace) -> tuple[DurabilityNode, StateBox]:
         peers=peers,
         data_dir=Path(ns.data),
         snapshot_hooks=hardening.SnapshotHooks(encode=box.encode, install=box.install),
+        **({"log_compaction_bytes_max": ns.compaction_bytes} if ns.compaction_bytes else {}),
         **json.loads(ns.conf),
     )
     return DurabilityNode(box, args), box

@@ -243,3 +243,16 @@ def test_index_gap_is_an_invariant_violation(tmp_path: Path) -> None:
     fill(j, entries(1, 3))
     with pytest.raises(AssertionError, match="gap"):
         j.add(b"x", 9, 1)
+
+
+def test_payload_bytes_follow_appends_cuts_and_compaction(tmp_path: Path) -> None:
+    j = DurableJournal(tmp_path / "j")
+    fill(j, entries(1, 10))  # payloads b"c1".."c10": 2*9 + 3 bytes
+    assert j.payload_bytes == 21
+    j.deleteEntriesFrom(5)
+    fill(j, [(b"xxxx", 6, 2)])  # a different entry: records 6..10 are cut
+    assert j.payload_bytes == 2 * 5 + 4
+    j.deleteEntriesTo(3)
+    assert j.payload_bytes == 2 * 2 + 4
+    j.close()
+    assert DurableJournal(tmp_path / "j").payload_bytes == 8

@@ -32,6 +32,9 @@ from replication import patches
 log = logging.getLogger(__name__)
 
 _ACK = "next_node_idx"
+# pysyncobj drops a forced compaction when nothing new was applied: ask again after this many
+# poll rounds (a round is at most autoTickPeriod, 50 ms, when idle).
+COMPACTION_RETRY_ROUNDS = 200
 _VOTES = ("request_vote", "response_vote")
 
 
@@ -45,6 +48,7 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
         self._sync_obj = syncObj
         self._compaction_bytes_max = patches.compaction_bytes_max(syncObj.conf.journalFile)
         self._compaction_forced_at = -1  # journal rewrites count when we last forced one
+        self._compaction_forced_round = 0
         self.compactions_forced = 0
         self._journal.leader_probe = syncObj._isLeader
         self._held_acks: list[tuple[Any, dict[str, Any]]] = []
@@ -99,9 +103,11 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
         limit = self._compaction_bytes_max
         if limit is None or self._journal.payload_bytes <= limit:
             return
-        if self._compaction_forced_at == self._journal.stats.rewrites:
+        asked_recently = self.rounds - self._compaction_forced_round < COMPACTION_RETRY_ROUNDS
+        if self._compaction_forced_at == self._journal.stats.rewrites and asked_recently:
             return  # already asked; wait until a compaction rewrote the journal
         self._compaction_forced_at = self._journal.stats.rewrites
+        self._compaction_forced_round = self.rounds
         self.compactions_forced += 1
         self._sync_obj.forceLogCompaction()
 

@@ -52,7 +52,7 @@ STRANGERS = [
     None, "", "Bearer", "Bearer ", "Bearer  ", "Basic " + base64.b64encode(
         f"admin:{ADMIN}".encode()).decode(), f"Token {ADMIN}", f"{ADMIN}",
     f"Bearer {ADMIN[:-1]}", f"Bearer {ADMIN}x", f"Bearer x{ADMIN}", f"Bearer {ADMIN.upper()}",
-    f"Bearer {ADMIN[:-1]}F", f"Bearer {ADMIN},{ADMIN}",
+    f"Bearer {ADMIN[:-1]}F", f"Bearer {ADMIN},{ADMIN}", "Bearer \udcff\udcfe\udc80",
     "Bearer " + "t" * 8000, f"Bearer {ADMIN[:16]}",
 ]
 # (method, route) a role may NOT use: consumer cannot write or administer, producer cannot consume

@@ -37,6 +37,18 @@ GARBAGE_RECEIPTS = ["x", "1.", ".1", "1.1.1", "-1.1", "99999.1", "1.99999", "0.0
 MODEL_STATES = {"ready": READY, "inflight": INFLIGHT, "delayed": DELAYED}
 
 
+FULL_WIDTH = str.maketrans("0123456789", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17"
+                                         "\uff18\uff19")
+
+
+def spelled_otherwise(receipt: str) -> str:
+    """Another spelling of the same numbers: leading zero, full-width or superscript digits."""
+    head, _, tail = receipt.partition(".")
+    spellings = [f"0{receipt}", f"{head}.0{tail}", receipt.translate(FULL_WIDTH),
+                 f"{head}.{tail}\u00b9"]
+    return spellings[len(receipt) % len(spellings)]
+
+
 @dataclass
 class ModelMsg:
     id: str
@@ -133,7 +145,8 @@ class QueueMachine(RuleBasedStateMachine):
 
     def receipts(self, data: st.DataObject) -> list[str]:
         pool = st.sampled_from(self.issued) if self.issued else st.sampled_from(GARBAGE_RECEIPTS)
-        choice = st.one_of(pool, pool, pool, st.sampled_from(GARBAGE_RECEIPTS))
+        alias = pool.map(spelled_otherwise) if self.issued else pool  # never issued: stale
+        choice = st.one_of(pool, pool, pool, alias, st.sampled_from(GARBAGE_RECEIPTS))
         return data.draw(st.lists(choice, min_size=1, max_size=4), label="receipts")
 
     # ----- rules

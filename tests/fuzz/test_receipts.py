@@ -1,9 +1,9 @@
 """Receipts name exactly one delivery (API.md: "A receipt names one delivery").
 
-Found by fuzzing: `storage.queues.parse_receipt` reads the two numbers of "<id>.<delivery>" with
-`str.isdigit` and `int`, so spellings that were never issued ("01.1", "1.01", full-width or
-Arabic-Indic digits) ack, nack or move the delivery "1.1". Nothing is lost (the caller names the
-right message), but a receipt other than the one issued must be stale.
+Regressions of fuzzing findings: `storage.queues.parse_receipt` read the two numbers of
+"<id>.<delivery>" with `str.isdigit` and `int`, so spellings that were never issued ("01.1",
+"1.01", full-width or Arabic-Indic digits) acked the delivery "1.1", and superscript digits
+("1.\u00b9": isdigit is true, int fails) raised ValueError out of `apply` (a 500 over HTTP).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.integration.test_replica import Cluster
+from tests.support.replica_cluster import Cluster
 
 
 def cpu_s(pid: int) -> float:

@@ -12,7 +12,10 @@ from pathlib import Path
 CLIENT_COMMANDS = {"queue", "topic", "publish", "receive", "status", "producer", "dlq"}
 USAGE = """usage: raftmq <command> ...
 
-  cluster up [--nodes 3] [--data-dir DIR] [--base-port PORT]   start a local cluster
+  cluster up [--nodes 3] [--data-dir DIR] [--base-port PORT] [--tls] [--auth-file F]
+                                                                 start a local cluster
+  cluster add-node --url URL --id ID --raft H:P --http H:P       add a (started) node
+  cluster remove-node --url URL --id ID                          remove a node
   node --config FILE --id ID [--data-dir DIR]                    run one node of a cluster
   status | queue | topic | publish | receive | producer | dlq    client commands (--help)
   bench                                                          benchmarks (--help)

@@ -23,6 +23,7 @@ import re
 import string
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ CONTENT_TYPES = ("application/json", "application/msgpack", "text/plain", "",
                  "multipart/form-data; boundary=x", "application/json; charset=utf-16",
                  "application/msgpack; charset=latin-1", "a/b/c;;;=", "\u00e9/\u00e9")
 PROTOCOL_STATUSES = (400, 413, 414, 431)
+CONCURRENT_WORKERS, CONCURRENT_MESSAGES = 6, 60
 PATH_SAMPLE_STEP = 7  # routes after the first of a parameter get every 7th hostile segment
 
 
@@ -437,6 +439,36 @@ def test_huge_and_strange_headers(fz: Cluster) -> None:
     ]
     for headers in odd:
         send(port, "POST", path, body, {**json_ct, **headers}, protocol_ok=True)
+
+
+def test_valid_traffic_is_unharmed_by_concurrent_garbage(fz: Cluster,
+                                                         routes: list[Route]) -> None:
+    """Garbage from several connections at once, while one producer publishes through every
+    node: every publish is acknowledged, and every acknowledged message is delivered once, in
+    order."""
+    name, count = "fz-steady", CONCURRENT_MESSAGES
+    assert http("PUT", f"{fz.nodes[0].url}/v1/queues/{name}", {}).status == 201
+    targets = [(r, body) for r in body_routes(routes) for _, body in RAW_BODIES[::3]]
+
+    def garbage(worker: int) -> int:
+        node = fz.nodes[worker % len(fz.nodes)]
+        for route, body in targets[worker::CONCURRENT_WORKERS]:
+            send(node.http_port, route.method, fill(route.path), body,
+                 {"Content-Type": CONTENT_TYPES[worker % len(CONTENT_TYPES)]})
+        return worker
+
+    with ThreadPoolExecutor(CONCURRENT_WORKERS) as pool:
+        noise = [pool.submit(garbage, w) for w in range(CONCURRENT_WORKERS)]
+        for i in range(count):
+            url = fz.nodes[i % len(fz.nodes)].url
+            r = http("POST", f"{url}/v1/queues/{name}/messages",
+                     {"messages": [{"body": f"s{i}"}]}, timeout_s=REQUEST_TIMEOUT_S)
+            assert r.status == 201, (i, r.status, r.body)
+        assert sorted(f.result(timeout=REQUEST_TIMEOUT_S * 10) for f in noise) == \
+            list(range(CONCURRENT_WORKERS))
+    got = http("POST", f"{fz.nodes[1].url}/v1/queues/{name}/receive",
+               {"max_messages": 1000, "ack": "auto"}).body["messages"]
+    assert [m["body"] for m in got] == [f"s{i}" for i in range(count)]
 
 
 def test_cluster_still_serves_after_the_fuzzing(fz: Cluster) -> None:

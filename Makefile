@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit integration lint bench chaos clean
+.PHONY: run test unit integration lint bench chaos fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,15 +23,19 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(PY) -m pytest tests/integration
 
-lint: $(STAMP)
+lint: $(STAMP)          ## ruff and mypy --strict
 	$(VENV)/bin/ruff check storage replication node raftmq chaos tests
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)         ## the standard benchmark set against a fresh local cluster
 	$(VENV)/bin/raftmq bench --standard
 
-chaos: $(STAMP)         ## a longer chaos campaign (root: network namespaces)
-	$(PY) -m chaos campaign
+chaos: $(STAMP)         ## a chaos campaign: 10 runs x 60 s, every fault kind, 3 and 5 nodes (root)
+	$(PY) -m chaos campaign --runs 10 --duration 60 --alternate-nodes \
+	    --faults kill,pause,partition,corrupt,power-loss --workload mixed --out chaos-results
+
+fuzz: $(STAMP)          ## longer fuzzing: 2,000 examples per property and API route
+	FUZZ_EXAMPLES=2000 $(PY) -m pytest tests/fuzz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

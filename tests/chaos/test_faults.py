@@ -59,3 +59,35 @@ def test_corrupt_one_file_truncates_or_flips(tmp_path: Path) -> None:
             assert sum(bin(x ^ y).count("1") for x, y in zip(after, original, strict=True)) <= 2
     assert modes == {"truncate", "bitflip"}
     assert corrupt_one_file(tmp_path / "d0" / "none", random.Random(1))["file"] is None
+
+
+def test_clock_jump_moves_a_running_process_forward(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from chaos.cluster import Cluster, faketime_lib
+    from chaos.netns import Network
+
+    if faketime_lib() is None:
+        pytest.skip("clock faults need libfaketime (Debian package faketime)")
+    cluster = Cluster(Network(1), tmp_path, clock_control=True)  # no namespaces are created
+    env = {**os.environ, **cluster._clock_env(cluster.node(1))}
+    probe = ("import sys, time\n"
+             "t0 = time.time()\n"
+             "print('ready', flush=True)\n"
+             "sys.stdin.readline()\n"
+             "time.sleep(1.5)\n"  # longer than libfaketime's cache of the offset file
+             "print(round(time.time() - t0))\n")
+    proc = subprocess.Popen([sys.executable, "-c", probe], env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert cluster.jump_clock(1, 40) == 40
+        assert cluster.jump_clock(1, 20) == 60  # offsets accumulate; never backwards
+        out, _ = proc.communicate("go\n", timeout=30)
+    finally:
+        proc.kill()
+    assert 60 <= int(out.strip()) <= 63
+    with pytest.raises(AssertionError):
+        cluster.jump_clock(1, -5)

@@ -180,7 +180,7 @@ async def header_middleware(request: web.Request, handler: Handler) -> web.Strea
     if not response.prepared:
         response.headers["X-Raftmq-Node"] = context.node.id
         response.headers["X-Request-Id"] = request_id
-        leader = context.replica.status().leader_id
+        leader = context.replica.leader_id()
         if leader:
             response.headers["X-Raftmq-Leader"] = leader
         body = getattr(response, "body", None)
@@ -197,6 +197,6 @@ def set_stream_headers(request: web.Request, response: web.StreamResponse) -> No
     """Headers for streamed (SSE) responses, which are prepared before the middleware sees them."""
     context = request.app[CTX]
     response.headers["X-Raftmq-Node"] = context.node.id
-    leader = context.replica.status().leader_id
+    leader = context.replica.leader_id()
     if leader:
         response.headers["X-Raftmq-Leader"] = leader

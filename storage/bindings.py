@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage.errors import BrokerError
+from storage.text import utf8
 
 WORD_ONE = "*"
 WORD_ANY = "#"
@@ -128,9 +129,9 @@ def validate_headers(
     for k, v in headers.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise BrokerError("invalid_request", "headers keys and values must be strings")
-        if len(k.encode()) > key_bytes_max:
+        if len(utf8(k, "headers key")) > key_bytes_max:
             raise BrokerError("invalid_request", f"headers key longer than {key_bytes_max} bytes")
-        if len(v.encode()) > value_bytes_max:
+        if len(utf8(v, f"headers.{k}")) > value_bytes_max:
             raise BrokerError(
                 "invalid_request", f"headers value longer than {value_bytes_max} bytes"
             )

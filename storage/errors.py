@@ -39,7 +39,9 @@ _KINDS = [
     ErrorKind("request_too_large", 413, False),
     ErrorKind("queue_full", 429, True),
     ErrorKind("overloaded", 429, True),
-    ErrorKind("internal_error", 500, True),
+    # Not retryable: apply may have changed state before it failed, so a blind retry could
+    # apply a write twice; the node's log has the traceback.
+    ErrorKind("internal_error", 500, False),
     ErrorKind("no_leader", 503, True),
     ErrorKind("unavailable", 503, True),
     ErrorKind("commit_timeout", 504, True),

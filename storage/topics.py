@@ -43,6 +43,7 @@ from storage.bindings import (
 )
 from storage.errors import BrokerError, error_result
 from storage.limits import Limits
+from storage.text import utf8
 
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")
 DURABILITIES = ("fsync", "memory")
@@ -158,7 +159,7 @@ def _validate_message(msg: Any, i: int, lim: TopicLimits) -> dict[str, Any]:
         _no_unknown(msg, tuple(sorted(_MESSAGE_KEYS)), f"messages[{i}]")
     body = msg.get("body")
     if isinstance(body, str):
-        body = body.encode()
+        body = utf8(body, f"messages[{i}].body")
     if not isinstance(body, bytes):
         raise BrokerError("invalid_request", f"messages[{i}].body is required (string or bytes)")
     if len(body) > lim.body_bytes_max:
@@ -166,7 +167,8 @@ def _validate_message(msg: Any, i: int, lim: TopicLimits) -> dict[str, Any]:
             "message_too_large", f"messages[{i}].body is over {lim.body_bytes_max} bytes"
         )
     key = msg.get("key")
-    if key is not None and (not isinstance(key, str) or len(key.encode()) > lim.key_bytes_max):
+    if key is not None and (not isinstance(key, str)
+                            or len(utf8(key, f"messages[{i}].key")) > lim.key_bytes_max):
         raise BrokerError(
             "invalid_request", f"messages[{i}].key must be a string of <= {lim.key_bytes_max} bytes"
         )

@@ -14,6 +14,7 @@ from typing import Any
 from storage.errors import BrokerError
 from storage.limits import DEFAULT_LIMITS, Limits
 from storage.queues import DEFAULT_QUEUE_CONFIG
+from storage.text import utf8
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")
 OVERFLOWS = ("reject", "drop_oldest")
@@ -124,10 +125,10 @@ def headers(value: Any, field: str, limits: Limits = DEFAULT_LIMITS) -> dict[str
     for key, val in raw.items():
         if not isinstance(key, str) or not isinstance(val, str):
             raise bad(f"{field}.{key}", "header keys and values must be strings")
-        if not key or len(key.encode()) > limits.header_key_bytes_max:
+        if not key or len(utf8(key, f"{field}.{key!r}")) > limits.header_key_bytes_max:
             raise bad(f"{field}.{key}",
                       f"header key must be 1 to {limits.header_key_bytes_max} bytes")
-        if len(val.encode()) > limits.header_value_bytes_max:
+        if len(utf8(val, f"{field}.{key!r}")) > limits.header_value_bytes_max:
             raise bad(f"{field}.{key}",
                       f"header value longer than {limits.header_value_bytes_max} bytes")
         out[key] = val

@@ -43,6 +43,10 @@ class Producers:
         self.next_id = 1
         self.evicted_total = 0
         self.expired_total = 0
+        # The highest epoch any expired or evicted producer had. A producer registered anew
+        # starts above it, so a zombie still sending with an old epoch of a re-registered id
+        # is fenced, never taken for the new producer's seq 0.
+        self.epoch_floor = 0
 
     def __len__(self) -> int:
         return len(self.table)
@@ -63,7 +67,7 @@ class Producers:
         else:
             if len(self.table) >= self.limits.producers_max:
                 self._evict_oldest()
-            p = Producer(1, now_ms)
+            p = Producer(self.epoch_floor + 1, now_ms)
         self.table[pid] = p
         assert len(self.table) <= self.limits.producers_max
         return {"id": pid, "epoch": p.epoch}
@@ -77,8 +81,11 @@ class Producers:
 
     def _evict_oldest(self) -> None:
         oldest = next(iter(self.table))
-        del self.table[oldest]
+        self._forget(oldest)
         self.evicted_total += 1
+
+    def _forget(self, pid: str) -> None:
+        self.epoch_floor = max(self.epoch_floor, self.table.pop(pid).epoch)
 
     def check(self, ref: dict[str, Any], now_ms: int) -> dict[str, Any] | None:
         """None: apply the command. A dict: the stored duplicate answer. Raises on refusal."""
@@ -121,7 +128,7 @@ class Producers:
             pid = next(iter(self.table))
             if self.table[pid].last_used_ms + idle_ms > now_ms:
                 break
-            del self.table[pid]
+            self._forget(pid)
             self.expired_total += 1
 
     # ----- snapshot
@@ -130,6 +137,7 @@ class Producers:
             "next_id": self.next_id,
             "evicted_total": self.evicted_total,
             "expired_total": self.expired_total,
+            "epoch_floor": self.epoch_floor,
             "table": [[pid, p.epoch, p.last_seq, p.last_used_ms,
                        [[s, r] for s, r in p.results]] for pid, p in self.table.items()],
         }
@@ -140,6 +148,7 @@ class Producers:
         out.next_id = obj["next_id"]
         out.evicted_total = obj["evicted_total"]
         out.expired_total = obj["expired_total"]
+        out.epoch_floor = obj.get("epoch_floor", 0)
         for pid, epoch, last_seq, last_used_ms, results in obj["table"]:
             p = Producer(epoch, last_used_ms)
             p.last_seq = last_seq

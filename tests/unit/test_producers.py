@@ -219,3 +219,24 @@ def test_stored_results_are_packed_and_unpack_exactly() -> None:
     odd = {"messages": [{"id": "007", "duplicate": False}], "duplicate": False}
     for result in (queue, mixed, topic, txn, odd, {"id": "p", "epoch": 1}, {}):
         assert unpack_result(pack_result(result)) == result
+
+
+def test_an_expired_producer_id_registered_again_fences_its_zombie() -> None:
+    """A zombie of an expired producer must not be taken for the new producer's seq 0."""
+    from storage.limits import Limits
+    from storage.state import BrokerState
+
+    state = BrokerState(Limits(producer_idle_expiry_s=10))
+    state.apply({"op": "queue.create", "queue": "q", "config": {}}, 1)
+    first = state.apply({"op": "producer.register", "id": "p"}, 1)
+    second = state.apply({"op": "producer.register", "id": "p"}, 2)
+    assert (first["epoch"], second["epoch"]) == (1, 2)
+    state.apply({"op": "tick"}, 60_000)  # p expires
+    again = state.apply({"op": "producer.register", "id": "p"}, 60_001)
+    assert again["epoch"] > second["epoch"], "an epoch is never issued twice for one id"
+    zombie = state.apply({"op": "queue.publish", "queue": "q", "messages": [{"body": "z"}],
+                          "producer": {"id": "p", "epoch": 2, "seq": 0}}, 60_002)
+    assert zombie["error"]["code"] == "producer_fenced"
+    restored = BrokerState.decode_snapshot(state.encode_snapshot(),
+                                           Limits(producer_idle_expiry_s=10))
+    assert restored.producers.epoch_floor == state.producers.epoch_floor

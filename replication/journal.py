@@ -331,6 +331,7 @@ class DurableJournal:
         if len(data) < len(_HEADER) or data[: len(_HEADER)] != _HEADER:
             raise JournalError(f"journal {self.path} has a bad header; refusing to start")
         records, offsets, end = decode_records(data, len(_HEADER))
+        self._refuse_lost_entries(data, records, end)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         if end < len(data):
             self.stats.torn_bytes_dropped = len(data) - end
@@ -341,6 +342,26 @@ class DurableJournal:
         self.payload_bytes = sum(len(e[0]) for e in records)
         self._written_end = end
         assert self._n == len(self._offsets)
+
+    def _refuse_lost_entries(self, data: bytes, records: list[Entry], end: int) -> None:
+        """A torn tail is normal after a crash; losing acknowledged entries is not.
+
+        The meta file's commit index is only ever written after a journal sync, so after any
+        crash or power loss the durable journal reaches it. Ending before it, or a bad record
+        followed by a good one, means corruption: refuse to start instead of serving (and
+        voting) with a shortened log. Recover by wiping this node's data dir: it catches up
+        from its peers.
+        """
+        last = records[-1][1] if records else 0
+        if end < len(data) and _good_record_after(data, end, last + 2):
+            msg = f"journal {self.path}: corrupt record at byte {end} with good records after it"
+            raise JournalError(msg + "; refusing to start (wipe this node, it catches up)")
+        commit = int(self._meta.values.get("commit", 0))
+        if commit > last:
+            raise JournalError(
+                f"journal {self.path} ends at index {last} but index {commit} was committed: "
+                "entries were lost or corrupted; refusing to start (wipe this node, it catches up)"
+            )
 
     # -- pysyncobj interface ---------------------------------------------------------------
     def add(self, command: bytes | str, idx: int, term: int) -> None:
@@ -520,6 +541,15 @@ class DurableJournal:
         self._written_end = pos
         self._durable = True
         self.stats.rewrites += 1
+
+
+def _good_record_after(data: bytes, bad: int, want_idx: int) -> bool:
+    """Is there a valid record with index `want_idx` right after the bad record at `bad`?"""
+    if bad + _REC.size > len(data):
+        return False
+    size = _REC.unpack_from(data, bad)[0]
+    following = decode_records(data, bad + _REC.size + size)[0]
+    return bool(following) and following[0][1] == want_idx
 
 
 def _to_bytes(command: bytes | str) -> bytes:

@@ -217,7 +217,9 @@ def test_term_and_vote_are_durable_and_reloaded(tmp_path: Path, syncs: SyncCount
     assert again.getVotedForNodeId() == "127.0.0.1:1"
 
 
-def test_commit_index_is_clamped_to_the_log(tmp_path: Path) -> None:
+def test_journal_ending_before_the_committed_index_refuses_to_start(tmp_path: Path) -> None:
+    """The meta commit index is written after a journal sync, so a crash never leaves the
+    journal shorter than it: if it is, entries were lost or corrupted."""
     path = tmp_path / "j"
     j = DurableJournal(path)
     fill(j, entries(1, 5))
@@ -225,8 +227,28 @@ def test_commit_index_is_clamped_to_the_log(tmp_path: Path) -> None:
     j.onOneSecondTimer()
     j.close()
     with open(path, "r+b") as f:
-        f.truncate(path.stat().st_size - 1)  # the last record was torn
-    assert DurableJournal(path).getRaftCommitIndex() == 4
+        f.truncate(path.stat().st_size - 1)  # the committed last record is damaged
+    with pytest.raises(JournalError, match="index 5 was committed"):
+        DurableJournal(path)
+
+
+def test_corrupt_record_with_good_records_after_it_refuses_to_start(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    j = DurableJournal(path)
+    fill(j, entries(1, 10))
+    j.close()
+    data = bytearray(path.read_bytes())
+    data[len(jr._HEADER) + jr._REC.size + 1] ^= 0x40  # payload of record 1: crc mismatch
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalError, match="good records after it"):
+        DurableJournal(path)
+
+
+def test_commit_index_read_is_clamped_to_the_log(tmp_path: Path) -> None:
+    j = DurableJournal(tmp_path / "j")
+    fill(j, entries(1, 3))
+    j.setRaftCommitIndex(9)  # pysyncobj's own clamp happens later; the read never exceeds
+    assert j.getRaftCommitIndex() == 3
 
 
 def test_corrupt_meta_refuses_to_start(tmp_path: Path) -> None:

@@ -71,8 +71,12 @@ class Producer:
                 try:
                     data = await self._transport.call("POST", path, build(ref.as_api()),
                                                       retries=RETRIES_UNBOUNDED)
-                except ProducerUnknown:
-                    if reregistered:
+                except ProducerUnknown as exc:
+                    if reregistered or exc.outcome_unknown:
+                        # An earlier attempt of this very request had an unknown outcome: it
+                        # may have been applied before the producer was forgotten, so sending
+                        # it again under a new epoch could apply it twice. Tell the caller.
+                        self._after_error(exc)
                         raise
                     reregistered = True
                     await self.register()

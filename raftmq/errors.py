@@ -142,6 +142,30 @@ class ReplyTimeout(RaftmqError):
     code, default_status = "reply_timeout", 504
 
 
+class UnsupportedMediaType(InvalidRequest):
+    code = "unsupported_media_type"
+
+
+class MethodNotAllowed(InvalidRequest):
+    code = "method_not_allowed"
+
+
+class RequestTimeout(RaftmqError):
+    """The request body did not reach the node in time (a stalled upload); nothing applied."""
+
+    code = "request_timeout"
+
+
+class MembershipChangeInProgress(Conflict):
+    """Another membership change is under way; retry once it is done."""
+
+    code = "membership_change_in_progress"
+
+
+class MemberNotFound(NotFound):
+    code = "member_not_found"
+
+
 class ConnectionFailed(RaftmqError):
     """Client-side: no node could be reached (connection refused, reset or DNS failure)."""
 
@@ -160,7 +184,8 @@ _BY_CODE: dict[str, type[RaftmqError]] = {
                 BindingNotFound, AlreadyExists, OutOfOrderSequence, ProducerFenced,
                 ProducerUnknown, StaleReceipt, OffsetOutOfRange, MessageTooLarge, BatchTooLarge,
                 RequestTooLarge, QueueFull, Overloaded, InternalError, Unavailable, NoLeader,
-                CommitTimeout, ReplyTimeout)
+                CommitTimeout, ReplyTimeout, UnsupportedMediaType, MethodNotAllowed,
+                RequestTimeout, MembershipChangeInProgress, MemberNotFound)
 }
 
 

@@ -127,6 +127,21 @@ def test_unknown_producer_reregisters_with_new_epoch_and_seq_zero(fake: FakeNode
     assert fake.bodies("q") == ["a", "b", "c"]
 
 
+def test_producer_unknown_after_an_unknown_outcome_is_not_resent(fake: FakeNode) -> None:
+    """Attempt 1 is applied but answered 504, then the producer expires: re-registering and
+    sending again at seq 0 would apply the batch twice, so the client says "outcome unknown"."""
+    with client(fake.url) as mq:
+        mq.create_queue("q")
+        mq.publish("q", "a")
+        fake.faults.forget_after_apply = 1
+        fake.faults.timeout_after_apply = 1
+        with pytest.raises(raftmq.RaftmqError) as info:
+            mq.publish("q", "once")
+        assert info.value.outcome_unknown
+        mq.publish("q", "b")
+    assert fake.bodies("q") == ["a", "once", "b"], "applied once, never twice"
+
+
 def test_error_answer_does_not_consume_the_seq(fake: FakeNode) -> None:
     with client(fake.url) as mq:
         mq.create_queue("q")

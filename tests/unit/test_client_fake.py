@@ -43,6 +43,7 @@ class Faults:
     unavailable: int = 0           # any request: 503 no_leader with Retry-After, apply nothing
     retry_after_s: str = "0"
     slow_s: float = 0.0            # publishes: wait this long before answering (after applying)
+    forget_after_apply: int = 0    # publishes: apply, then forget every producer (expiry)
 
 
 class FakeNode:
@@ -203,6 +204,9 @@ class FakeNode:
             p = self.producers[ref["id"]]
             p.last_seq = ref["seq"]
             p.results[ref["seq"]] = result
+        if self.faults.forget_after_apply > 0:
+            self.faults.forget_after_apply -= 1
+            self.forget_producers()
         return await self._answer(request, result)
 
     async def publish(self, request: web.Request) -> web.Response:

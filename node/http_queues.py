@@ -17,12 +17,12 @@ SSE_HEARTBEAT_S = 15.0
 
 
 def queue_name(request: web.Request) -> str:
-    return validate.name(request.match_info["queue"], "queue")
+    return validate.name(request.match_info["queue"], "queue", ctx(request).limits)
 
 
 async def put_queue(request: web.Request) -> web.Response:
     name = queue_name(request)
-    config = validate.queue_config(await read_body(request))
+    config = validate.queue_config(await read_body(request), ctx(request).limits, queue=name)
     result = await ctx(request).propose({"op": "queue.create", "queue": name, "config": config})
     return respond(request, {"queue": result["queue"]}, status=201 if result["created"] else 200)
 
@@ -185,7 +185,7 @@ async def redrive(request: web.Request) -> web.Response:
     context = ctx(request)
     name = queue_name(request)
     body = await read_body(request)
-    target = validate.name(body.get("to"), "to")
+    target = validate.name(body.get("to"), "to", context.limits)
     max_messages = validate.count(body.get("max_messages", context.limits.batch_messages_max),
                                   "max_messages", maximum=context.limits.batch_messages_max)
     result = await context.propose({"op": "queue.redrive", "queue": name, "to": target,

@@ -41,7 +41,8 @@ async def request_reply(request: web.Request) -> web.Response:
     message = {**message, "correlation_id": correlation_id, "reply_to": reply_queue}
     context.check_memory()
     [msg] = validate.publish_messages(decode_bodies([message]), context.limits)
-    config = validate.queue_config({"expires_s": int(timeout_s) + REPLY_QUEUE_SLACK_S})
+    config = validate.queue_config({"expires_s": int(timeout_s) + REPLY_QUEUE_SLACK_S},
+                                   context.limits, queue=reply_queue)
     await context.propose({"op": "queue.create", "queue": reply_queue, "config": config})
     try:
         await context.propose({"op": "queue.publish", "queue": name, "messages": [msg]})

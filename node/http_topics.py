@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from node import auth
-from node.app import ctx, set_stream_headers
+from node.app import NodeContext, ctx, set_stream_headers
 from node.codec import decode_bodies, query_float, query_int, read_body, respond, sse_event
 from node.http_queues import publish_command, queue_name, raise_if_error
 from storage import bindings as binding_rules
@@ -20,13 +20,18 @@ from storage.errors import BrokerError
 SSE_HEARTBEAT_S = 15.0
 
 
+def topic_limits(context: NodeContext) -> topic_rules.TopicLimits:
+    return topic_rules.TopicLimits.from_limits(context.limits)
+
+
 def topic_name(request: web.Request) -> str:
-    return validate.name(request.match_info["topic"], "topic")
+    return validate.name(request.match_info["topic"], "topic", ctx(request).limits)
 
 
 async def put_topic(request: web.Request) -> web.Response:
     name = topic_name(request)
-    config = topic_rules.validate_topic_config(await read_body(request))
+    config = topic_rules.validate_topic_config(await read_body(request),
+                                               topic_limits(ctx(request)))
     result = await ctx(request).propose({"op": "topic.create", "topic": name, "config": config})
     return respond(request, {"topic": result["topic"]}, status=201 if result["created"] else 200)
 
@@ -53,7 +58,8 @@ async def publish_topic(request: web.Request) -> web.Response:
     name = topic_name(request)
     body = await read_body(request)
     context.check_memory()
-    messages = topic_rules.validate_topic_messages(decode_bodies(body.get("messages")))
+    messages = topic_rules.validate_topic_messages(decode_bodies(body.get("messages")),
+                                                   topic_limits(context))
     cmd: dict[str, Any] = {"op": "topic.publish", "topic": name, "messages": messages}
     if body.get("producer") is not None:
         cmd["producer"] = validate.producer_ref(body["producer"])
@@ -87,7 +93,7 @@ async def read_partition(request: web.Request) -> web.Response:
 
 async def commit_offsets(request: web.Request) -> web.Response:
     name = topic_name(request)
-    group = validate.name(request.match_info["group"], "group")
+    group = validate.name(request.match_info["group"], "group", ctx(request).limits)
     body = await read_body(request)
     offsets = validate_offsets(body.get("offsets"))
     result = await ctx(request).propose(
@@ -97,7 +103,7 @@ async def commit_offsets(request: web.Request) -> web.Response:
 
 async def get_offsets(request: web.Request) -> web.Response:
     name = topic_name(request)
-    group = validate.name(request.match_info["group"], "group")
+    group = validate.name(request.match_info["group"], "group", ctx(request).limits)
     result = await ctx(request).read_consistent(
         request, lambda s, now: s.topics.group_offsets(name, group))
     raise_if_error(result)
@@ -130,7 +136,7 @@ async def register_producer(request: web.Request) -> web.Response:
     body = await read_body(request)
     cmd: dict[str, Any] = {"op": "producer.register"}
     if body.get("id") is not None:
-        cmd["id"] = validate.name(body["id"], "id")
+        cmd["id"] = validate.name(body["id"], "id", ctx(request).limits)
     result = await ctx(request).propose(cmd)
     return respond(request, result, status=201)
 
@@ -147,7 +153,7 @@ async def transaction(request: web.Request) -> web.Response:
         if not isinstance(item, dict):
             raise BrokerError("invalid_request", f"ack[{i}]: must be an object")
         cmd["ack"].append({
-            "queue": validate.name(item.get("queue"), f"ack[{i}].queue"),
+            "queue": validate.name(item.get("queue"), f"ack[{i}].queue", context.limits),
             "receipts": validate.receipts_list(item.get("receipts"), context.limits)})
     for i, item in enumerate(publishes):
         cmd["publish"].append(txn_publish(context, item, i))
@@ -165,11 +171,13 @@ def txn_publish(context: Any, item: Any, i: int) -> dict[str, Any]:
         raise BrokerError("invalid_request", f"publish[{i}]: give exactly one of queue or topic")
     if "queue" in item:
         part = publish_command(context, {"messages": item.get("messages")})
-        part["queue"] = validate.name(item["queue"], f"publish[{i}].queue")
+        part["queue"] = validate.name(item["queue"], f"publish[{i}].queue", context.limits)
         return part
     context.check_memory()
-    messages = topic_rules.validate_topic_messages(decode_bodies(item.get("messages")))
-    return {"topic": validate.name(item["topic"], f"publish[{i}].topic"), "messages": messages}
+    messages = topic_rules.validate_topic_messages(decode_bodies(item.get("messages")),
+                                                   topic_limits(context))
+    return {"topic": validate.name(item["topic"], f"publish[{i}].topic", context.limits),
+            "messages": messages}
 
 
 async def subscribe(request: web.Request) -> web.StreamResponse:

@@ -142,6 +142,7 @@ class ForkSnapshotter:
         self.dump_file = dump_file
         self.hooks = hooks
         self._pid = 0
+        self._fork_failed = False
         self._started_s = 0.0
         self.last_duration_s = 0.0
         self.count_ok = 0
@@ -153,7 +154,12 @@ class ForkSnapshotter:
         last, prev, cluster = data
         ids = sorted(str(getattr(node, "id", node)) for node in cluster)
         self._started_s = time.monotonic()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as err:  # e.g. ENOMEM: report FAILED once, pysyncobj retries later
+            log.error("snapshot_fork_failed error=%s", err)
+            self._fork_failed = True
+            return
         if pid == 0:
             self._child(SnapshotFile(tuple(last), tuple(prev), ids, b""))
         self._pid = pid
@@ -175,6 +181,10 @@ class ForkSnapshotter:
 
     def check(self) -> int:
         """pysyncobj's `serializeChecker`."""
+        if self._fork_failed:
+            self._fork_failed = False
+            self.count_failed += 1
+            return FAILED  # pysyncobj resets its state; without this it never snapshots again
         if self._pid == 0:
             return NOT_SERIALIZING
         pid, status = os.waitpid(self._pid, os.WNOHANG)

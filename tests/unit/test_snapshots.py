@@ -161,3 +161,18 @@ def test_check_data_dir_removes_temp_files_of_interrupted_writes(tmp_path: Path)
         (tmp_path / name).write_bytes(b"partial")
     hardening.check_data_dir(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raft.snapshot"]
+
+
+def test_failed_fork_is_reported_once_as_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pysyncobj keeps its serializer 'busy' until the checker says SUCCESS or FAILED."""
+    snap = ForkSnapshotter(tmp_path / "raft.snapshot", SnapshotHooks(lambda: b"", lambda d: None))
+
+    def no_fork() -> int:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    snap.serialize(str(tmp_path / "raft.snapshot.tmp"), (LAST, PREV, []))
+    assert snap.check() == FAILED
+    assert snap.check() == NOT_SERIALIZING

@@ -50,6 +50,9 @@ class Limits:
     push_in_flight_max: int = 1000
     # transactions
     txn_parts_max: int = 100  # ack + publish entries in one transaction
+    # time: an entry stamped by a node whose clock runs ahead moves replicated time at most
+    # this far past the leader's last tick (the leader's clock is the authority)
+    clock_lead_ms_max: int = 2_000
     # node resources (enforced at the HTTP edge of each node, not by apply)
     memory_high_watermark_bytes: int = 2 << 30  # past this RSS, publishes get 429 overloaded
     requests_in_flight_max: int = 10_000  # concurrent HTTP requests per node

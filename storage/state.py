@@ -39,6 +39,7 @@ class BrokerState:
         # cluster members changed at runtime: id -> {"raft", "http", "status": member|removed}
         self.members: dict[str, Result] = {}
         self.member_change: Result | None = None  # the one pending change, if any
+        self.tick_ms = 0  # replicated time at the leader's last tick (0: none yet)
         self.queues.on_delete = self._on_queue_deleted
 
     def _on_queue_deleted(self, name: str) -> None:
@@ -49,7 +50,7 @@ class BrokerState:
     def apply(self, cmd: Any, now_ms: Any) -> Result:
         """Apply one command. Never raises for bad input: errors are results."""
         if isinstance(now_ms, int) and not isinstance(now_ms, bool):
-            self.now_ms = max(self.now_ms, now_ms)
+            self._set_time(now_ms, is_tick=isinstance(cmd, dict) and cmd.get("op") == "tick")
         self.applied_total += 1
         self._advance()
         try:
@@ -62,6 +63,19 @@ class BrokerState:
             return handler(self, cmd)
         except BrokerError as e:
             return e.to_result()
+
+    def _set_time(self, now_ms: int, *, is_tick: bool) -> None:
+        """Time only goes forward. The leader's ticks set it; any other entry (stamped by
+        whichever node proposed it) may move it at most clock_lead_ms_max past the last tick,
+        so one node with a fast clock cannot expire leases, TTLs or dedup windows early."""
+        if is_tick or self.tick_ms == 0:
+            stamp = now_ms
+        else:
+            stamp = min(now_ms, self.tick_ms + self.limits.clock_lead_ms_max)
+        self.now_ms = max(self.now_ms, stamp)
+        if is_tick:
+            self.tick_ms = self.now_ms
+        assert self.tick_ms <= self.now_ms
 
     def _advance(self) -> None:
         now = self.now_ms
@@ -404,6 +418,7 @@ class BrokerState:
     def encode(self) -> Result:
         return {
             "now_ms": self.now_ms,
+            "tick_ms": self.tick_ms,
             "applied_total": self.applied_total,
             "queues": self.queues.encode(),
             "topics": self.topics.encode(),
@@ -417,6 +432,7 @@ class BrokerState:
     def decode(cls, obj: Result, limits: Limits = DEFAULT_LIMITS) -> BrokerState:
         state = cls(limits)
         state.now_ms = obj["now_ms"]
+        state.tick_ms = obj.get("tick_ms", 0)
         state.applied_total = obj["applied_total"]
         state.queues = Queues.decode(obj["queues"], limits)
         state.queues.on_delete = state._on_queue_deleted

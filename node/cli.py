@@ -83,7 +83,16 @@ def node_main(argv: list[str]) -> int:
         print(f"raftmq node: {exc}", file=sys.stderr)
         return 2
     data_dir = opts.data_dir or Path("data") / opts.id
-    server.run(cluster, opts.id, data_dir, auth_config)
+    from replication.journal import JournalError
+    from replication.snapshots import SnapshotError
+
+    try:
+        server.run(cluster, opts.id, data_dir, auth_config)
+    except (JournalError, SnapshotError) as exc:
+        print(f"raftmq node {opts.id}: refusing to start from {data_dir}: {exc}\n"
+              "The node's files are damaged; see docs/operations.md (a node down): wipe this "
+              "node's data dir and let it catch up from the others.", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -32,7 +32,7 @@ ROWS = [
     ("topic publish (b100)", "topic-publish b100 c16", None, None),
     ("topic read (replay, b1000)", "topic-read b1000 c4", None, None),
 ]
-PEERS = [("rabbitmq-qq", "RabbitMQ QQ"), ("nats-js", "NATS JS")]
+PEERS = [("rabbitmq", "RabbitMQ QQ"), ("nats-js", "NATS JS")]
 
 
 def run(reps: int, out: Path, extra: list[str]) -> None:

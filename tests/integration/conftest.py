@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, running_cluster
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -19,22 +19,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """A fresh 3-node cluster, ready (every node knows the leader and has applied the log)."""
-    c = Cluster(tmp_path, size=3)
-    try:
-        c.start()
-        c.wait_ready()
+    with running_cluster(tmp_path) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")
 def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One 3-node cluster for a whole module of tests that do not kill nodes (faster)."""
-    c = Cluster(tmp_path_factory.mktemp("shared"), size=3)
-    try:
-        c.start()
-        c.wait_ready()
+    with running_cluster(tmp_path_factory.mktemp("shared")) as c:
         yield c
-    finally:
-        c.stop()

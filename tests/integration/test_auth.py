@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cluster import Cluster, Response, http
+from tests.support.cluster import Cluster, Response, http, running_cluster
 
 ADMIN = "admin-token-0123456789abcdef"
 PRODUCER = "producer-token-0123456789abcdef"
@@ -40,13 +40,8 @@ role = ["producer", "consumer"]
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = Path(tmp_path_factory.mktemp("auth"))
     (root / "tokens.toml").write_text(TOKENS)
-    c = Cluster(root, size=3, extra_config='auth_file = "tokens.toml"', token=ADMIN)
-    try:
-        c.start()
-        c.wait_ready()
+    with running_cluster(root, extra_config='auth_file = "tokens.toml"', token=ADMIN) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def call(c: Cluster, method: str, path: str, token: str | None, body: Any = None) -> Response:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster, http
+from tests.support.cluster import Cluster, http, running_cluster
 
 SMALL_LIMITS = """
 [limits]
@@ -21,13 +20,8 @@ queues_max = 3
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(Path(tmp_path_factory.mktemp("limits")), size=3, extra_config=SMALL_LIMITS)
-    try:
-        c.start()
-        c.wait_ready()
+    with running_cluster(tmp_path_factory.mktemp("limits"), extra_config=SMALL_LIMITS) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def test_configured_limits_are_enforced_with_named_errors(small: Cluster) -> None:

@@ -6,11 +6,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster, http, wait_until
+from tests.support.cluster import Cluster, http, running_cluster, wait_until
 
 TIGHT = """
 [limits]
@@ -22,13 +21,8 @@ request_read_timeout_s = 1.0
 
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(Path(tmp_path_factory.mktemp("tight")), size=3, extra_config=TIGHT)
-    try:
-        c.start()
-        c.wait_ready()
+    with running_cluster(tmp_path_factory.mktemp("tight"), extra_config=TIGHT) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def test_memory_high_watermark_refuses_publishes_but_consumers_work(tight: Cluster) -> None:

@@ -6,6 +6,7 @@ Nothing here sleeps to synchronise: `wait_until` polls with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -209,6 +210,18 @@ class Cluster:
             return node.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path, size: int = 3, **kwargs: Any) -> Iterator[Cluster]:
+    """A started, ready cluster that is always stopped (every process killed) afterwards."""
+    c = Cluster(root, size=size, **kwargs)
+    try:
+        c.start()
+        c.wait_ready()
+        yield c
+    finally:
+        c.stop()
 
 
 def _ready(node: Node) -> bool:

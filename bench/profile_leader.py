@@ -139,6 +139,8 @@ def main() -> int:
     ap.add_argument("--role", choices=("leader", "follower"), default="leader",
                     help="profile the leader (default) or a follower")
     ap.add_argument("--idle", action="store_true", help="py-spy --idle: include waiting")
+    ap.add_argument("--spy-delay", type=float, default=1.0,
+                    help="seconds between starting the bench and starting py-spy")
     ap.add_argument("bench", nargs="*", default=["publish", "-b", "100", "-c", "16"])
     a = ap.parse_args()
     if a.summarise:
@@ -163,15 +165,19 @@ def main() -> int:
         leader_url = next(m["http"] for m in info["members"] if m["id"] == info["leader"])
         leader_url = leader_url if "://" in leader_url else "http://" + leader_url
         folded = a.out / "leader.folded"
+        cmd = [py, "-m", "raftmq.bench", *a.bench, "--duration",
+               str(a.duration - 3 + a.spy_delay), "--url", leader_url, "--pids", pids,
+               "--json", "-q"]
+        bench = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        time.sleep(a.spy_delay)  # e.g. past a receive's pre-fill
         spy = subprocess.Popen([str(Path(py).parent / "py-spy"), "record", "-p", str(leader),
                                 "-d", str(int(a.duration)), "-r", str(a.rate), "--threads",
                                 "--nonblocking", "-f", "raw", "-o", str(folded),
                                 *(["--idle"] if a.idle else [])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)  # let py-spy attach before the load starts
-        cmd = [py, "-m", "raftmq.bench", *a.bench, "--duration", str(a.duration - 3),
-               "--url", leader_url, "--pids", pids, "--json", "-q"]
-        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        out, err = bench.communicate()
+        result = subprocess.CompletedProcess(cmd, bench.returncode, out, err)
         (a.out / "bench.json").write_text(result.stdout + result.stderr)
         spy.wait(a.duration + 30)
         print(f"{a.role} {target} pid {leader}; bench: {a.out / 'bench.json'}")

@@ -89,6 +89,7 @@ class Spec:
     consumers: int = 0          # e2e: consumer connections (0: same as concurrency)
     partitions: int = 1         # topic workloads
     durability: str | None = None  # queue/topic config; None: the server's default (fsync)
+    prefill: int = 0            # receive/topic-read with duration_s: messages put in first
     label: str = ""
 
     def name(self) -> str:
@@ -561,7 +562,7 @@ def starter(run: Run) -> Starter:
 
     def receive() -> list[Awaitable[None]]:
         run.producers_done = True
-        run.target_msgs = spec.count or PREFILL_DEFAULT
+        run.target_msgs = spec.count or spec.prefill or PREFILL_DEFAULT
         run.stop_at = time.perf_counter() + (spec.duration_s or math.inf)
         return [receive_worker(run, w, 0.0) for w in range(spec.concurrency)]
 
@@ -588,10 +589,9 @@ async def set_up(run: Run) -> None:
         await run.client.setup("PUT", f"/v1/topics/{run.topic}", config)
     else:
         await run.client.setup("PUT", f"/v1/queues/{run.queue}", config)
-    if spec.workload == "receive":
-        await prefill(run, spec.count or PREFILL_DEFAULT, topic=False)
-    if spec.workload == "topic-read":
-        await prefill(run, spec.count or PREFILL_DEFAULT, topic=True)
+    if spec.workload in ("receive", "topic-read"):
+        count = spec.count or spec.prefill or PREFILL_DEFAULT
+        await prefill(run, count, topic=spec.workload == "topic-read")
 
 
 async def tear_down(run: Run) -> None:
@@ -859,6 +859,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--count", "-n", type=int, help="messages in total")
     ap.add_argument("--duration", type=float, help="seconds to run instead of --count")
     ap.add_argument("--partitions", type=int, default=1, help="topic partitions")
+    ap.add_argument("--prefill", type=int, default=0, help="receive/topic-read with "
+                    f"--duration: messages put in first (default {PREFILL_DEFAULT:,})")
     ap.add_argument("--durability", choices=("fsync", "memory"), help="queue/topic durability")
     ap.add_argument("--url", action="append", default=[],
                     help="node URL(s), repeat or comma-separate (default: start a local cluster)")
@@ -884,6 +886,7 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
               ("--consumers", args.consumers, 0, CONCURRENCY_MAX, "CONCURRENCY_MAX"),
               ("--size", args.size, 1, SIZE_BYTES_MAX, "SIZE_BYTES_MAX"),
               ("--count", args.count, 1, COUNT_MAX, "COUNT_MAX"),
+              ("--prefill", args.prefill, 0, COUNT_MAX, "COUNT_MAX"),
               ("--duration", args.duration, 0.001, DURATION_S_MAX, "DURATION_S_MAX"),
               ("--partitions", args.partitions, 1, 1000, "partitions")]
     for flag, value, low, high, name in limits:
@@ -913,7 +916,7 @@ def build_specs(args: argparse.Namespace) -> list[Spec]:
     if count is None and args.duration is None:
         count = default_count(workload, batch)
     return [Spec(workload, batch, conc, count, args.duration, args.size, args.consumers,
-                 args.partitions, durability=args.durability)]
+                 args.partitions, durability=args.durability, prefill=args.prefill)]
 
 
 def fmt(value: float | None, digits: int = 0) -> str:

@@ -91,3 +91,13 @@ def test_clock_jump_moves_a_running_process_forward(tmp_path: Path) -> None:
     assert 60 <= int(out.strip()) <= 63
     with pytest.raises(AssertionError):
         cluster.jump_clock(1, -5)
+
+
+def test_without_root_the_harness_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    import chaos.netns
+
+    monkeypatch.setattr(chaos.netns.os, "geteuid", lambda: 1000)
+    assert "needs root" in (chaos.netns.unavailable_reason() or "")
+    monkeypatch.setattr(chaos.netns.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(chaos.netns.shutil, "which", lambda tool: None)
+    assert "iproute2" in (chaos.netns.unavailable_reason() or "")

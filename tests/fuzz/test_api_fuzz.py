@@ -226,6 +226,7 @@ def encode(value: Any, ctype: str) -> bytes:
 
 # ----- the tests ----------------------------------------------------------------------------
 
+@pytest.mark.timeout(max(300, fuzz_examples(100) // 5))  # long runs: ~65-100 ms per example
 @settings(max_examples=fuzz_examples(100), deadline=None, derandomize=False,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])

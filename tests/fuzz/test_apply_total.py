@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,9 @@ from storage.errors import KINDS
 from storage.state import _HANDLERS, BrokerState
 from tests.fuzz.conftest import fuzz_examples
 from tests.unit.test_state_props import check_state
+
+# long runs (FUZZ_EXAMPLES) outlast the suite's 300 s per-test timeout
+pytestmark = pytest.mark.timeout(max(300, fuzz_examples() // 10))
 
 OPS = sorted(_HANDLERS) + ["queue.nope", "", "QUEUE.CREATE"]
 NAMES = ["a", "b", "t.x", "t.*", "", "-", "a" * 201, "\x00"]

@@ -29,6 +29,9 @@ from storage.queues import DELAYED, INFLIGHT, READY
 from storage.state import BrokerState
 from tests.fuzz.conftest import fuzz_examples
 
+# long runs (FUZZ_EXAMPLES) outlast the suite's 300 s per-test timeout
+pytestmark = pytest.mark.timeout(max(300, fuzz_examples() // 10))
+
 QUEUE = "q"
 START_MS = 1_700_000_000_000
 STEP_DT_MS = [0, 0, 0, 1, 700, 1_000, 2_500, 6_000]

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 from node import auth
 from tests.fuzz.conftest import fuzz_examples
 
+# long runs (FUZZ_EXAMPLES) outlast the suite's 300 s per-test timeout
+pytestmark = pytest.mark.timeout(max(300, fuzz_examples() // 10))
+
 TOKEN = "t" * 16
 JUNK = st.one_of(st.sampled_from(['""', "5", "true", "[]", "[[]]", "{}", '["a", 1]', "1e999",
                                   '"\\u0000"', "-0", '"short"']),

@@ -16,7 +16,8 @@ Roles: `admin` (everything), `producer` (publish to queues and topics, register 
 `consumer` (receive, ack, nack, visibility, streams, read topics, commit offsets). Every
 role may read the cluster status and the info of the queues and topics its globs allow.
 Missing or unknown token -> 401 `unauthorized`; known but not allowed -> 403 `forbidden`.
-Tokens are compared in constant time and never logged. /healthz and /readyz stay open;
+Tokens are compared in constant time and never logged. /healthz, /readyz, the API
+documents and the console's page and files (no data: it asks for a token) stay open;
 /metrics is open unless `metrics_auth = true` is set in the tokens file.
 """
 
@@ -37,14 +38,15 @@ from storage.errors import BrokerError
 ROLES = ("admin", "producer", "consumer")
 TOKEN_BYTES_MIN = 16
 OPEN_PATHS = ("/healthz", "/readyz")
-DOC_PATHS = ("/v1/openapi.json", "/docs")
+# The console page and its files hold no data (the page asks for a token and sends it on
+# every API call); a browser loading a page sends no bearer header, so they must stay open.
+DOC_PATHS = ("/v1/openapi.json", "/docs", "/ui")
 
 # (method, route) -> (action, kind of the name in the path or None)
 # actions: "admin", "publish", "consume", "read"
 RULES: dict[tuple[str, str], tuple[str, str | None]] = {
     ("GET", "/v1/cluster"): ("read", None),
     ("GET", "/metrics"): ("read", None),
-    ("GET", "/ui"): ("read", None),
     ("GET", "/v1/queues"): ("read", None),
     ("PUT", "/v1/queues/{queue}"): ("admin", "queue"),
     ("GET", "/v1/queues/{queue}"): ("read", "queue"),
@@ -175,7 +177,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     config = request.app[AUTH]
     path = request.path
-    if path in OPEN_PATHS or path in DOC_PATHS or path.startswith("/ui/static/"):
+    if path in OPEN_PATHS or path in DOC_PATHS or path.startswith("/ui/"):
         return await handler(request)
     if path == "/metrics" and not config.metrics_auth:
         return await handler(request)

@@ -47,7 +47,7 @@ queues = "orders*"
 topics = "orders.*"
 """
 # the documented open paths (docs/security.md): probes, the API description, metrics by default
-OPEN = {"/healthz", "/readyz", "/v1/openapi.json", "/docs", "/metrics"}
+OPEN = {"/healthz", "/readyz", "/v1/openapi.json", "/docs", "/metrics", "/ui", "/ui/{asset}"}
 STRANGERS = [
     None, "", "Bearer", "Bearer ", "Bearer  ", "Basic " + base64.b64encode(
         f"admin:{ADMIN}".encode()).decode(), f"Token {ADMIN}", f"{ADMIN}",

@@ -93,3 +93,10 @@ def test_transactions_need_rights_on_every_part(secured: Cluster) -> None:
     assert call(secured, "POST", "/v1/transactions", PRODUCER, txn).status == 403
     r = call(secured, "POST", "/v1/transactions", BOTH, txn)
     assert r.status == 200, r.body
+
+
+def test_console_page_opens_and_its_api_calls_need_a_token(secured: Cluster) -> None:
+    assert call(secured, "GET", "/ui", None).status == 200
+    assert call(secured, "GET", "/ui/console.js", None).status == 200
+    assert call(secured, "GET", "/v1/cluster", None).status == 401
+    assert call(secured, "GET", "/v1/cluster", CONSUMER).status == 200

@@ -26,6 +26,7 @@ from chaos.workload import Target, Workload, WorkloadConfig
 
 READY_TIMEOUT_S = 60.0
 SETUP_TIMEOUT_S = 30.0
+SETTLE_TIMEOUT_S = 30.0
 WORKLOAD_STOP_TIMEOUT_S = 15.0
 T = TypeVar("T")
 
@@ -125,7 +126,7 @@ async def _main(cfg: RunConfig, cluster: Cluster, net: Network, history: History
         phases["drained"] = await wl.drain() if queues else True
         phases["drain_s"] = round(time.monotonic() - t_drain, 2)
         if queues:
-            await wl.final_state()
+            await wl.final_state(settle_timeout_s=min(SETTLE_TIMEOUT_S, cfg.wl.drain_timeout_s))
         if topics:
             phases["topic_watermarks_agreed"] = await tw.final_reads()
         history.nemesis("note", {"drain_complete": phases["drained"]})

@@ -72,7 +72,7 @@ def test_fault_run_loses_nothing(tmp_path: Path, faults: str, seed: int, duratio
 
 def test_wipe_majority_is_reported_invalid(tmp_path: Path) -> None:
     rc, report = run_chaos(tmp_path, "--duration", "20", "--faults", "wipe-majority",
-                           "--seed", "3")
+                           "--seed", "3", "--drain-timeout", "15")
     assert rc == 1
     assert report["valid"] is False
     assert report["schedule"] and report["schedule"][0]["kind"] == "wipe-majority"

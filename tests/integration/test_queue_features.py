@@ -216,3 +216,41 @@ def test_restart_keeps_delays_leases_dedup_and_dead_letters(cluster: Cluster) ->
     dlq = recv(url, "short-dlq")
     assert [m["body"] for m in dlq] == ["dead"]
     assert dlq[0]["headers"]["x-dead-letter-reason"] == "max_receives"
+
+
+def test_ttl_overflow_expiry_visibility_and_nack_delay(shared_cluster: Cluster) -> None:
+    url = shared_cluster.nodes[1].url
+    make(url, "ttl", message_ttl_s=1, dead_letter_queue="ttl-dlq")
+    pub(url, "ttl", {"body": "expires"})
+    dead = wait_until(lambda: recv(url, "ttl-dlq"), timeout_s=10, what="the expired message")
+    assert dead[0]["headers"]["x-dead-letter-reason"] == "ttl_expired"
+
+    make(url, "capped", max_length=2, overflow="reject")
+    pub(url, "capped", {"body": "1"}, {"body": "2"})
+    r = http("POST", f"{url}/v1/queues/capped/messages", {"messages": [{"body": "3"}]})
+    assert r.status == 429 and r.body["error"]["code"] == "queue_full", r.body
+    assert r.headers.get("Retry-After")
+    make(url, "rolling", max_length=2, overflow="drop_oldest", dead_letter_queue="rolling-dlq")
+    pub(url, "rolling", {"body": "1"}, {"body": "2"})
+    pub(url, "rolling", {"body": "3"})  # full: the oldest ready message makes room
+    assert [m["body"] for m in recv(url, "rolling", max_messages=5)] == ["2", "3"]
+    dropped = recv(url, "rolling-dlq")
+    assert dropped[0]["body"] == "1"
+    assert dropped[0]["headers"]["x-dead-letter-reason"] == "overflow"
+
+    make(url, "vis", visibility_timeout_s=600)
+    pub(url, "vis", {"body": "v"})
+    [msg] = recv(url, "vis")
+    r = http("POST", f"{url}/v1/queues/vis/visibility",
+             {"receipts": [msg["receipt"]], "timeout_s": 0})
+    assert r.status == 200 and r.body["updated"][0]["receipt"] == msg["receipt"], r.body
+    [again] = recv(url, "vis")
+    assert again["id"] == msg["id"] and again["receive_count"] == 2
+    r = http("POST", f"{url}/v1/queues/vis/nack", {"receipts": [again["receipt"]], "delay_s": 1})
+    assert r.status == 200 and r.body["nacked"] == 1, r.body
+    assert recv(url, "vis") == [], "a nack with a delay keeps the message back"
+    wait_until(lambda: recv(url, "vis"), timeout_s=10, what="the message after the nack delay")
+
+    make(url, "short-lived", expires_s=1)
+    wait_until(lambda: http("GET", f"{url}/v1/queues/short-lived").status == 404, timeout_s=15,
+               what="the idle queue to expire")

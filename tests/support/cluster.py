@@ -62,8 +62,26 @@ class Response:
     headers: dict[str, str]
 
 
+NO_LEADER_RETRY_S = 20.0
+
+
 def http(method: str, url: str, body: Any = None, timeout_s: float = 30.0,
          headers: dict[str, str] | None = None) -> Response:
+    """One request, retried (as any client following Retry-After would) while the node answers
+    503 no_leader: an election under CPU starvation is not what these tests are about. Every
+    other answer, 503 unavailable and 504 included, is returned as it is."""
+    deadline = time.monotonic() + NO_LEADER_RETRY_S
+    while True:
+        r = _http_once(method, url, body, timeout_s, headers)
+        no_leader = (r.status == 503 and isinstance(r.body, dict)
+                     and r.body.get("error", {}).get("code") == "no_leader")
+        if not no_leader or time.monotonic() >= deadline:
+            return r
+        time.sleep(0.2)
+
+
+def _http_once(method: str, url: str, body: Any, timeout_s: float,
+               headers: dict[str, str] | None) -> Response:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("Content-Type", "application/json")

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -42,6 +43,7 @@ class NodeContext:
     limits: Limits
     notifier: ApplyNotifier
     propose_timeout_s: float = PROPOSE_TIMEOUT_S
+    data_dir: Path | None = None
     requests_in_flight: int = 0
     rss_bytes: int = 0
     rss_checked_s: float = 0.0

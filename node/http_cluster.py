@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 from node import http_members
 from node.app import Handler, NodeContext, ctx
 from node.codec import respond
+from replication.hardening import durability_stats
 
 REGISTRY = web.AppKey("raftmq_registry", CollectorRegistry)
 HTTP_DURATION = web.AppKey("raftmq_http_duration", Histogram)
@@ -73,6 +74,8 @@ class BrokerCollector(Collector):
                                  "Messages moved to the dead-letter queue", labels=["queue"])
         oldest = GaugeMetricFamily("raftmq_queue_oldest_ready_age_seconds",
                                    "Age of the oldest ready message", labels=["queue"])
+        counters = {key: GaugeMetricFamily(metric, doc, labels=["queue"])
+                    for metric, key, doc in QUEUE_COUNTERS}
         for info in queues:
             name, stats = info["name"], info["stats"]
             for state in ("ready", "in_flight", "delayed"):
@@ -81,12 +84,18 @@ class BrokerCollector(Collector):
             acked.add_metric([name], stats.get("acked_total", 0))
             dead.add_metric([name], stats.get("dead_lettered_total", 0))
             oldest.add_metric([name], stats.get("oldest_ready_age_s") or 0)
-        yield from (depth, published, acked, dead, oldest)
+            for key, family in counters.items():
+                family.add_metric([name], stats.get(key, 0))
+        yield from (depth, published, acked, dead, oldest, *counters.values())
+        yield GaugeMetricFamily("raftmq_producers", "Registered exactly-once producers",
+                                value=context.replica.read(lambda s: s.stats()["producers"]))
         yield GaugeMetricFamily("raftmq_long_polls_waiting",
                                 "Long polls waiting for a message on this node",
                                 value=self.context.notifier.waiters)
         yield from self._topic_lag()
+        yield from self._topic_watermarks()
         yield from self._raft()
+        yield from self._durability()
 
     def _topic_lag(self) -> Iterator[Metric]:
         lag = GaugeMetricFamily("raftmq_topic_group_lag", "Consumer-group lag per partition",
@@ -96,8 +105,36 @@ class BrokerCollector(Collector):
             lag.add_metric([topic, group, str(partition)], value)
         yield lag
 
+    def _topic_watermarks(self) -> Iterator[Metric]:
+        high = GaugeMetricFamily("raftmq_topic_high_watermark", "Next offset of a partition",
+                                 labels=["topic", "partition"])
+        low = GaugeMetricFamily("raftmq_topic_low_watermark",
+                                "Oldest offset still kept by retention",
+                                labels=["topic", "partition"])
+        for info in self.context.replica.read(lambda s: s.topics.list_topics()):
+            for part in info["partitions"]:
+                labels = [info["name"], str(part["partition"])]
+                high.add_metric(labels, part["high_watermark"])
+                low.add_metric(labels, part["low_watermark"])
+        yield from (high, low)
+
+    def _durability(self) -> Iterator[Metric]:
+        if self.context.data_dir is None:
+            return
+        try:
+            stats = durability_stats(self.context.data_dir)
+        except (KeyError, OSError):  # not built yet, or a test double
+            return
+        for name, key, doc in DURABILITY_METRICS:
+            yield GaugeMetricFamily(name, doc, value=float(stats.get(key) or 0))
+
     def _raft(self) -> Iterator[Metric]:
         status = self.context.replica.status()
+        role = GaugeMetricFamily("raftmq_raft_role", "1 for this node's current Raft role",
+                                 labels=["role"])
+        for name in ("leader", "follower", "candidate"):
+            role.add_metric([name], 1 if status.role == name else 0)
+        yield role
         for name, doc, value in (
             ("raftmq_raft_term", "Current Raft term", status.term),
             ("raftmq_raft_commit_index", "Raft commit index", status.commit_index),
@@ -106,6 +143,32 @@ class BrokerCollector(Collector):
              1 if status.role == "leader" else 0),
         ):
             yield GaugeMetricFamily(name, doc, value=value)
+
+
+QUEUE_COUNTERS = (  # (metric, key in the queue's stats, help)
+    ("raftmq_queue_delivered_total", "delivered_total", "Deliveries of messages of a queue"),
+    ("raftmq_queue_nacked_total", "nacked_total", "Messages nacked back to ready"),
+    ("raftmq_queue_expired_total", "expired_total", "Messages expired by TTL"),
+    ("raftmq_queue_dropped_total", "dropped_total",
+     "Messages dropped (overflow drop_oldest, no dead-letter queue)"),
+    ("raftmq_queue_purged_total", "purged_total", "Messages removed by purge"),
+)
+DURABILITY_METRICS = (
+    ("raftmq_journal_fsyncs_total", "syncs", "fdatasync calls of the Raft journal"),
+    ("raftmq_journal_fsync_seconds_total", "sync_s_total",
+     "Time in journal write + fdatasync (divide by fsyncs for the mean)"),
+    ("raftmq_journal_fsync_seconds_max", "sync_s_max", "Slowest journal write + fdatasync"),
+    ("raftmq_journal_bytes_written_total", "bytes_written", "Bytes appended to the journal"),
+    ("raftmq_journal_payload_bytes", "payload_bytes", "Bytes of entries held in the journal"),
+    ("raftmq_journal_resends_absorbed_total", "entries_absorbed",
+     "Re-sent entries the follower already had (no write, no fsync)"),
+    ("raftmq_snapshots_total", "snapshots_ok", "Snapshots written"),
+    ("raftmq_snapshots_failed_total", "snapshots_failed", "Snapshots that failed"),
+    ("raftmq_snapshot_last_duration_seconds", "snapshot_last_duration_s",
+     "Duration of the last snapshot (forked child)"),
+    ("raftmq_raft_frames_rejected_total", "frames_rejected",
+     "Raft frames refused (bad MAC: not from this cluster)"),
+)
 
 
 def group_lag_rows(state: Any) -> list[tuple[str, str, int, int]]:

@@ -104,7 +104,7 @@ async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path,
     notifier = ApplyNotifier(limits.long_polls_max)
     replica.add_apply_listener(notifier.fire)
     context = NodeContext(cluster=cluster, node=spec, replica=replica, limits=limits,
-                          notifier=notifier)
+                          notifier=notifier, data_dir=data_dir)
     runner = web.AppRunner(build_app(context, auth_config), access_log=None,
                            shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()

@@ -7,6 +7,7 @@ Errors of every kind leave through one place (`error_middleware`) in API.md's sh
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -152,6 +153,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 REQUEST_ID_CHARS_MAX = 128
+REQUEST_ID_PREFIX = uuid.uuid4().hex[:8]
+REQUEST_IDS = itertools.count(1)
 GZIP_BODY_BYTES_MIN = 64 * 1024  # below this, compressing costs the node more CPU than it saves
 
 
@@ -175,8 +178,8 @@ async def header_middleware(request: web.Request, handler: Handler) -> web.Strea
     """X-Raftmq-Node / X-Raftmq-Leader / X-Request-Id on every answer, and gzip for large
     answers when the client accepts it. (Gzip'd request bodies are inflated by aiohttp.)"""
     request_id = request.headers.get("X-Request-Id", "")[:REQUEST_ID_CHARS_MAX]
-    if not request_id:
-        request_id = uuid.uuid4().hex[:16]
+    if not request_id:  # unique per node run; uuid4 per request cost ~2% of a busy leader
+        request_id = f"{REQUEST_ID_PREFIX}-{next(REQUEST_IDS):x}"
     response = await handler(request)
     context = request.app[CTX]
     if not response.prepared:

@@ -94,10 +94,13 @@ def test_clock_jump_moves_a_running_process_forward(tmp_path: Path) -> None:
 
 
 def test_without_root_the_harness_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    import chaos.netns
+    import os
+    import shutil
 
-    monkeypatch.setattr(chaos.netns.os, "geteuid", lambda: 1000)
-    assert "needs root" in (chaos.netns.unavailable_reason() or "")
-    monkeypatch.setattr(chaos.netns.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(chaos.netns.shutil, "which", lambda tool: None)
-    assert "iproute2" in (chaos.netns.unavailable_reason() or "")
+    from chaos.netns import unavailable_reason
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "needs root" in (unavailable_reason() or "")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda tool: None)
+    assert "iproute2" in (unavailable_reason() or "")

@@ -91,7 +91,8 @@ def test_power_loss_without_fsync_is_reported_invalid(tmp_path: Path) -> None:
                            "--node-cmd", node_cmd, "--drain-timeout", "20")
     assert rc == 1
     assert report["valid"] is False
-    assert report["anomaly_counts"]["lost"] > 0
+    bad = bad_classes(report)  # acked messages lost, or survivors refuse to start (not drained)
+    assert bad.get("lost", 0) + bad.get("not_drained", 0) > 0, bad
 
 
 def test_node_with_shortened_journal_does_not_break_the_cluster(tmp_path: Path) -> None:

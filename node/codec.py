@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -173,28 +174,24 @@ def jsonable(value: Any) -> Any:
 
 def query_int(query: Any, field: str, default: int | None, low: int, high: int) -> int:
     """An integer query parameter in [low, high]; a missing one takes `default`."""
+    return int(_query_number(query, field, default, low, high, int, "an integer"))
+
+
+def query_float(query: Any, field: str, default: float, low: float, high: float) -> float:
+    return float(_query_number(query, field, default, low, high, float, "a number"))
+
+
+def _query_number(query: Any, field: str, default: float | None, low: float, high: float,
+                  parse: Callable[[str], float], kind: str) -> float:
     raw = query.get(field)
     if raw is None:
         if default is None:
             raise BrokerError("invalid_request", f"{field}: required")
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise BrokerError("invalid_request", f"{field}: must be an integer") from None
-    if not low <= value <= high:
-        raise BrokerError("invalid_request", f"{field}: must be between {low} and {high}")
-    return value
-
-
-def query_float(query: Any, field: str, default: float, low: float, high: float) -> float:
-    raw = query.get(field)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BrokerError("invalid_request", f"{field}: must be a number") from None
+        raise BrokerError("invalid_request", f"{field}: must be {kind}") from None
     if not low <= value <= high:
         raise BrokerError("invalid_request", f"{field}: must be between {low} and {high}")
     return value

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from tests.support.cluster import free_ports
+from tests.support.cluster import wait_until as shared_wait_until
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -23,17 +23,8 @@ START_TIMEOUT_S = 30.0
 
 
 def wait_until(fn: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = fn()
-            if value:
-                return value
-        except Exception as exc:  # a node may be restarting
-            last = exc
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last error: {last}")
+    """tests.support.cluster.wait_until with `what` as the third positional argument."""
+    return shared_wait_until(fn, timeout_s, what=what)
 
 
 class Node:

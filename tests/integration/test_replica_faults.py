@@ -83,11 +83,23 @@ def queue_ready(node: Node, name: str) -> int:
     return int(info["stats"]["ready"])
 
 
+NOT_APPLIED_RETRY_S = 20.0
+
+
 def publish_one(node: Node, queue: str, i: int) -> None:
     msg = {"body": f"m{i}".encode(), "headers": {}, "priority": 0, "delay_s": 0, "group": None,
            "dedup_id": None, "ttl_s": 0, "correlation_id": None, "reply_to": None}
-    out = node.propose({"op": "queue.publish", "queue": queue, "messages": [msg]})
-    assert "messages" in out["result"], out
+    deadline = time.monotonic() + NOT_APPLIED_RETRY_S
+    while True:
+        out = node.propose({"op": "queue.publish", "queue": queue, "messages": [msg]})
+        code = out.get("error")  # tests/support/replica_node.py: the ProposalError code
+        # not applied (an election under load): retry, as any client would; an unknown
+        # outcome (commit_timeout) is not retried, since it could publish twice
+        if code in ("no_leader", "unavailable") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            continue
+        assert "messages" in out.get("result", {}), out
+        return
 
 
 def wait_same_state(nodes: list[Node], timeout_s: float = 30.0) -> None:

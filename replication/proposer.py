@@ -8,7 +8,8 @@ msgpack `[now_ms, [cmd, ...]]`, built by concatenating the packed commands under
 (no re-encoding). A command bigger than the limit goes alone in its own entry.
 
 `submit(blob, callback)` hands one entry to Raft; `callback(result, fail_reason)` may run on any
-thread (pysyncobj's), so it crosses back with `loop.call_soon_threadsafe`.
+thread (pysyncobj's): it queues the completion and wakes the loop with one
+`loop.call_soon_threadsafe` per burst of completions, not one per entry.
 
 Every proposal has its own deadline: pysyncobj has no timeouts and drops forwarded commands
 silently when the link to the leader is down (research/pysyncobj.md §2.4).
@@ -17,7 +18,6 @@ silently when the link to the leader is down (research/pysyncobj.md §2.4).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import struct
@@ -126,6 +126,8 @@ class ProposerStats:
     entries_succeeded: int = 0
     entries_failed: int = 0
     entries_expired: int = 0
+    completion_wakeups: int = 0  # loop wake-ups that delivered pysyncobj callbacks
+    completions_drained: int = 0  # callbacks delivered by them (>= wake-ups)
     failures: dict[str, int] = field(default_factory=dict)
 
 
@@ -159,6 +161,9 @@ class Proposer:
         self._hold_reason: str | None = None  # set: keep pending, submit nothing
         self._refuse: ProposalError | None = None  # set: fail new proposals at once
         self._entry_seq = 0
+        # completions from pysyncobj's thread, drained on the loop (see "completion")
+        self._done: deque[tuple[_Entry, Any, int]] = deque()
+        self._drain_scheduled = False
         self._deadline_buckets: dict[int, list[weakref.ref[_Proposal]]] = {}
         self.stats = ProposerStats()
 
@@ -284,16 +289,40 @@ class Proposer:
         entry.timer = self._loop.call_later(deadline_s, self._expire, entry)
         self.stats.entries_submitted += 1
         self.stats.commands_submitted += len(batch)
-        loop = self._loop
+        done = self._done
 
         def on_done(result: Any, fail_reason: int) -> None:  # pysyncobj's thread (or ours)
-            # RuntimeError: the loop is closed, nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._finish, entry, result, fail_reason)
+            done.append((entry, result, fail_reason))  # deque.append: atomic
+            if not self._drain_scheduled:
+                self._wake_loop()
 
         self._submit_fn(blob, on_done)
 
     # -- completion ------------------------------------------------------------------------
+    # pysyncobj calls back once per applied entry; one loop wake-up (a self-pipe write and an
+    # epoll round) per entry cost ~8 % of a busy leader (docs/benchmarks.md). Completions are
+    # queued instead and drained in one call: one wake-up per burst of applied entries.
+    # Order matters against lost wake-ups: the Raft thread appends, then reads the flag; the
+    # loop clears the flag, then drains. Either the drain sees the completion or the Raft
+    # thread sees the flag cleared and schedules another drain.
+
+    def _wake_loop(self) -> None:  # any thread
+        self._drain_scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain_done)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            self._drain_scheduled = False
+
+    def _drain_done(self) -> None:
+        self._drain_scheduled = False
+        done = self._done
+        drained = 0
+        while done:
+            entry, result, fail_reason = done.popleft()
+            self._finish(entry, result, fail_reason)
+            drained += 1
+        self.stats.completion_wakeups += 1
+        self.stats.completions_drained += drained
 
     def _finish(self, entry: _Entry, result: Any, fail_reason: int, closing: bool = False) -> None:
         if entry.done:  # expired before pysyncobj answered

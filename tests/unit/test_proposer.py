@@ -249,3 +249,31 @@ async def test_pending_bytes_limit_is_enforced_but_one_big_command_is_always_acc
     await settle()
     raft.answer(1)
     assert await small == {"echo": "small"}
+
+
+@run_async
+async def test_a_burst_of_applied_entries_wakes_the_loop_once_and_answers_everyone() -> None:
+    """pysyncobj calls back once per entry from its thread; the loop is woken once per burst
+    (one self-pipe write), and every caller still gets its own result."""
+    raft = FakeRaft()
+    proposer = make(raft)
+    tasks = []
+    for i in range(5):  # one at a time: five entries in flight
+        tasks.append(asyncio.ensure_future(proposer.propose({"k": i})))
+        await settle()
+    assert len(raft.entries) == 5
+
+    def answer_all() -> None:  # one Raft tick applying five entries
+        for blob, callback in raft.entries:
+            callback([{"echo": c["k"]} for c in unpack_entry(blob)[1]], FAIL_REASON.SUCCESS)
+
+    t = threading.Thread(target=answer_all)
+    t.start()
+    t.join()  # the loop is blocked meanwhile: all five completions are queued before it runs
+    assert await asyncio.gather(*tasks) == [{"echo": i} for i in range(5)]
+    assert proposer.stats.completion_wakeups == 1
+    assert proposer.stats.completions_drained == 5 and proposer.inflight_entries == 0
+    late = asyncio.ensure_future(proposer.propose({"k": 9}))  # a later entry wakes it again
+    await settle()
+    raft.answer(5)
+    assert await late == {"echo": 9} and proposer.stats.completion_wakeups == 2

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chaos.faults import FAMILIES
 from chaos.netns import NetnsUnavailable
 from chaos.runner import RunConfig, run, summary_line
 from chaos.summary import load_reports, markdown
@@ -22,8 +23,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=3, choices=(3, 5))
     p.add_argument("--duration", type=float, default=60.0, help="seconds of faults + load")
     p.add_argument("--faults", default=DEFAULT_FAULTS,
-                   help="comma list of families (kill,pause,partition,corrupt,power-loss,"
-                        "wipe-majority,none) or kinds (e.g. kill-leader)")
+                   help="comma list of families (" + ",".join(FAMILIES) + ") or kinds "
+                        "(e.g. kill-leader)")
     p.add_argument("--workload", default="queue", choices=("queue", "topic", "mixed"))
     p.add_argument("--producers", type=int, default=4)
     p.add_argument("--consumers", type=int, default=4)

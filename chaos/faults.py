@@ -14,6 +14,11 @@ Families (the CLI's ``--faults``) expand into concrete kinds:
                 writes, kill the remaining up-to-date nodes, heal M and start F: F + M are a
                 majority whose logs lack acknowledged entries. F must refuse to start (or not
                 vote); if it does not, acknowledged writes are lost.
+    disk-full   disk-full-one, disk-full-leader: fill the node's small tmpfs data dir (see
+                chaos/disk.py) with a balloon file until writes fail with ENOSPC; the node must
+                not ack what it could not persist (raftmq exits, code 75). Heal: delete the
+                balloon, restart the node if it exited. Skipped (and said so) on a node whose
+                data dir is a lazy FUSE mount, which has no capacity.
     clock       clock-jump-leader, -one, -all: jump the node's wall AND monotonic clocks
                 forward by 1..CLOCK_JUMP_MAX_S (libfaketime; like a VM suspend). The offset
                 stays after the heal (clocks never go back): the node keeps a skewed clock.
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chaos import disk
 from chaos.client import Http
 from chaos.cluster import Cluster
 from chaos.history import OK, History
@@ -45,6 +51,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "corrupt": ("corrupt-minority", "corrupt-lagging"),
     "power-loss": ("power-one", "power-all"),
     "clock": ("clock-jump-leader", "clock-jump-one", "clock-jump-all"),
+    "disk-full": ("disk-full-one", "disk-full-leader"),
     "wipe-majority": ("wipe-majority",),
     "none": (),
 }
@@ -105,6 +112,7 @@ class Nemesis:
     seed: int
     active: dict[int, dict[str, Any]] = field(default_factory=dict)
     lazyfs: LazyMounts | None = None  # set when the data dirs are lazy FUSE mounts
+    disks: disk.SmallDisks | None = None  # set when the data dirs are small tmpfs mounts
 
     @property
     def n(self) -> int:
@@ -153,7 +161,7 @@ class Nemesis:
         family = fault.kind.split("-")[0]
         handler = {"kill": self._kill, "pause": self._pause, "partition": self._partition,
                    "corrupt": self._corrupt, "power": self._power, "wipe": self._wipe,
-                   "clock": self._clock}[family]
+                   "clock": self._clock, "disk": self._disk_full}[family]
         details = await handler(fault, rng)
         self.active[fault.id] = {"fault": fault, **details}
         self.history.nemesis("start", {"id": fault.id, "fault": fault.kind, **details})
@@ -304,8 +312,35 @@ class Nemesis:
         rest = [i for i in everyone if i not in majority]
         return {"targets": self._ids(majority), "restart": rest, "wiped_started": ready}
 
+    async def _disk_full(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
+        if fault.kind == "disk-full-leader":
+            idx = await self._leader_or_random(rng)
+        else:
+            idx = self._minority(rng, 1)[0]
+        node = self.cluster.node(idx)
+        if self.disks is None or idx not in self.disks.mounts:
+            return {"targets": [node.node_id], "skipped": "data dir is not a small tmpfs"}
+        size = await asyncio.to_thread(disk.inflate, node.data_dir)
+        return {"targets": [node.node_id], "balloon_bytes": size, "deflate": [idx]}
+
+    async def _heal_disk(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Free the space; a node that exited on ENOSPC is restarted and must come back."""
+        exit_codes: dict[str, int | None] = {}
+        restarts: dict[str, str] = {}
+        for i in info.get("deflate", []):
+            node = self.cluster.node(i)
+            await asyncio.to_thread(disk.deflate, node.data_dir)
+            if node.running():
+                continue
+            exit_codes[node.node_id] = self.cluster.exited(i)
+            await asyncio.to_thread(self.cluster.start, i)
+            restarts[node.node_id] = await self.watch_start(i)
+        return {"exit_codes": exit_codes, "restarts": restarts}
+
     async def _heal(self, fault: Fault, info: dict[str, Any]) -> dict[str, Any]:
         healed: dict[str, Any] = {}
+        if fault.kind.startswith("disk-full"):
+            healed.update(await self._heal_disk(info))
         if fault.kind.startswith("partition"):
             await asyncio.to_thread(self.net.heal)
         for i in info.get("resume", []):

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chaos import report
+from chaos import disk, report
 from chaos.checker import availability, check_queue, check_topic
 from chaos.client import Http
 from chaos.cluster import Cluster, default_node_cmd, faketime_lib
@@ -51,6 +51,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         reason = lazyfs_unavailable()
     if not reason and any(f.kind.startswith("clock") for f in faults) and not faketime_lib():
         reason = "clock faults need libfaketime (Debian package faketime)"
+    if not reason and any(f.kind.startswith("disk") for f in faults):
+        reason = disk.unavailable_reason()
     if reason:
         raise NetnsUnavailable(reason)
     cleanup_orphans()
@@ -59,6 +61,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     history = History()
     started = time.time()
     mounts = LazyMounts()
+    disks = disk.SmallDisks()
     with Network(cfg.nodes) as net:
         cluster = Cluster(net, cfg.out / "cluster", node_cmd=cfg.node_cmd,
                           clock_control=any(f.kind.startswith("clock") for f in faults))
@@ -66,12 +69,17 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             if any(f.kind.startswith("power") for f in faults):
                 for node in cluster.nodes:
                     mounts.add(node.index, node.data_dir, cfg.out / f"lazyfs-{node.node_id}.log")
+            if any(f.kind.startswith("disk") for f in faults):
+                for node in cluster.nodes:
+                    if node.index not in mounts.mounts:  # a lazy mount has no capacity
+                        disks.add(node.index, node.data_dir)
             cluster.start_all()
             phases = in_netns(net.client_ns,
-                              lambda: _main(cfg, cluster, net, history, faults, mounts))
+                              lambda: _main(cfg, cluster, net, history, faults, mounts, disks))
         finally:
             cluster.stop_all()
             mounts.unmount_all()
+            disks.unmount_all()
     history.dump(cfg.out / "history.jsonl")
     result = _judge(cfg, history, faults, phases, started)
     report.write(cfg.out, result, history.ops)
@@ -99,13 +107,14 @@ def in_netns(ns: str, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 async def _main(cfg: RunConfig, cluster: Cluster, net: Network, history: History,
-                faults: list[Fault], mounts: LazyMounts) -> dict[str, Any]:
+                faults: list[Fault], mounts: LazyMounts,
+                disks: disk.SmallDisks) -> dict[str, Any]:
     http = Http()
     try:
         targets = [Target(n.node_id, n.http_url) for n in cluster.nodes]
         wl = Workload(http, history, targets, cfg.wl, cfg.seed)
         tw = TopicWorkload(http, history, targets, cfg.seed)
-        nemesis = Nemesis(cluster, net, http, history, cfg.seed, lazyfs=mounts)
+        nemesis = Nemesis(cluster, net, http, history, cfg.seed, lazyfs=mounts, disks=disks)
         phases: dict[str, Any] = {}
         phases["ready_s"] = await wait_ready(http, targets, READY_TIMEOUT_S)
         if phases["ready_s"] is None:

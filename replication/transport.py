@@ -17,17 +17,23 @@ end of every poll round, i.e. after all incoming messages of that round were han
    chunk; if another 'finish' chunk of the same transmission follows, the held one is relabelled
    'process'. Only the real last chunk says 'finish'. Held chunks go out before any other message
    to that node and at every poll.
+4. With a cluster secret, every connection is a `SecureConnection` (replication/raft_crypto.py):
+   a handshake with fresh nonces from both sides, then every frame AES-GCM sealed with a
+   per-direction counter. Nothing is unpickled before it is authenticated on this connection.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import struct
 import time
 from typing import Any
 
+from pysyncobj.tcp_connection import TcpConnection
 from pysyncobj.transport import TCPTransport
 
-from replication import patches
+from replication import patches, raft_crypto
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +67,27 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
         self.backtracks_kept = 0
         self._floor: dict[Any, tuple[int, int]] = {}  # node -> (leader term, backtrack floor)
         self.entries_absorbed = 0
+        secret = patches.installed_secret()
+        self._raft_master = raft_crypto.master_key(secret) if secret else None
         self._wrap_poller(syncObj._poller)
         super().__init__(syncObj, selfNode, otherNodes)
+
+    # -- encrypted connections (raft_crypto) ---------------------------------------------------
+    def addNode(self, node: Any) -> None:  # noqa: N802
+        super().addNode(node)
+        conn = self._connections.get(node)
+        if conn is not None and type(conn) is TcpConnection:
+            self._secure(conn, raft_crypto.ROLE_CONNECTOR)
+
+    def _onNewIncomingConnection(self, conn: Any) -> None:  # noqa: N802
+        self._secure(conn, raft_crypto.ROLE_ACCEPTOR)
+        super()._onNewIncomingConnection(conn)
+
+    def _secure(self, conn: Any, role: bytes) -> None:
+        """pysyncobj builds its TcpConnections itself (transport.addNode, tcp_server): we turn
+        each into a SecureConnection before it carries a byte."""
+        if self._raft_master is not None:
+            secure_connection(conn, self._raft_master, role)
 
     def _wrap_poller(self, poller: Any) -> None:
         inner = poller.poll
@@ -241,3 +266,133 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
 
 def _same_transmission(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(a["prevLogIdx"] == b["prevLogIdx"] and a["term"] == b["term"])
+
+
+_tcp = importlib.import_module("pysyncobj.tcp_connection")  # its `pickle` (protocol 5, patched)
+_LENGTH = struct.Struct("i")  # pysyncobj's frame header: native int length
+_LOG_FIRST_REJECTIONS = 10
+
+
+class SecureConnection(TcpConnection):  # type: ignore[misc]
+    """pysyncobj's TcpConnection with raft_crypto frames instead of zlib(pickle) frames.
+
+    Made by a class swap (`DurableTransport._secure`); overrides `send`, `connect`,
+    `disconnect` and the private frame parser. Before the handshake only a HELLO-sized frame
+    is read (a stranger can make us buffer 41 bytes, not megabytes); what we send meanwhile
+    waits, pickled, until the peer's HELLO arrives.
+    """
+
+    _rmq_master: bytes
+    _rmq_role: bytes
+    _rmq_hello: bytes | None
+    _rmq_session: raft_crypto.Session | None
+    _rmq_peer_ok: bool
+    _rmq_pending: list[bytes]
+    _TcpConnection__readBuffer: bytes  # pysyncobj's private buffers (name-mangled)
+    _TcpConnection__writeBuffer: bytes
+
+    def rmq_setup(self, master: bytes, role: bytes) -> None:
+        self._rmq_master = master
+        self._rmq_role = role
+        self._rmq_reset()
+
+    def _rmq_reset(self) -> None:
+        self._rmq_hello = None
+        self._rmq_session = None
+        self._rmq_peer_ok = False
+        self._rmq_pending = []
+
+    def connect(self, host: Any, port: Any) -> bool:
+        self._rmq_reset()
+        return bool(super().connect(host, port))
+
+    def disconnect(self) -> None:
+        self._rmq_reset()
+        super().disconnect()
+
+    def send(self, message: Any) -> None:
+        data = _tcp.pickle.dumps(message)
+        if self._rmq_hello is None and not self._rmq_say_hello():
+            return  # the write failed and dropped the connection: so is the message
+        if self._rmq_session is None:
+            self._rmq_pending.append(data)
+            return
+        self._rmq_write([self._rmq_session.seal(data)])
+
+    def _rmq_say_hello(self) -> bool:
+        """Send our HELLO; False if the write dropped the connection (state reset)."""
+        assert self._rmq_hello is None and self._rmq_session is None
+        self._rmq_hello = raft_crypto.make_hello(self._rmq_role)
+        self._rmq_write([self._rmq_hello])
+        return self._rmq_hello is not None
+
+    def _rmq_write(self, frames: list[bytes]) -> None:
+        self._TcpConnection__writeBuffer += b"".join(_LENGTH.pack(len(f)) + f for f in frames)
+        self._TcpConnection__trySendBuffer()
+
+    def _TcpConnection__processParseMessage(self) -> Any:  # noqa: N802
+        try:
+            return self._rmq_next_message()
+        except raft_crypto.FrameRejected as exc:
+            count_rejected(exc.reason)
+            self.disconnect()
+            return None
+
+    def _rmq_next_message(self) -> Any:
+        """The next pysyncobj message, handling handshake frames on the way; None = wait."""
+        while True:
+            frame = self._rmq_take_frame()
+            if frame is None:
+                return None
+            if self._rmq_session is None:
+                self._rmq_on_hello(frame)
+            elif not self._rmq_peer_ok:
+                self._rmq_session.check_finished(frame)
+                self._rmq_peer_ok = True
+            else:
+                plain = self._rmq_session.open(frame)
+                try:
+                    return _tcp.pickle.loads(plain)
+                except Exception:  # authenticated, yet not a pickle: a peer bug
+                    raise raft_crypto.FrameRejected("bad_pickle") from None
+
+    def _rmq_take_frame(self) -> bytes | None:
+        buf: bytes = self._TcpConnection__readBuffer
+        if len(buf) < _LENGTH.size:
+            return None
+        (size,) = _LENGTH.unpack_from(buf)
+        if self._rmq_session is None and size != raft_crypto.HELLO_BYTES:
+            raise raft_crypto.FrameRejected("bad_hello")
+        if not 0 <= size <= raft_crypto.FRAME_BYTES_MAX:
+            raise raft_crypto.FrameRejected("bad_size")
+        end = _LENGTH.size + size
+        if len(buf) < end:
+            return None
+        self._TcpConnection__readBuffer = buf[end:]
+        return buf[_LENGTH.size : end]
+
+    def _rmq_on_hello(self, peer_hello: bytes) -> None:
+        if self._rmq_hello is None and not self._rmq_say_hello():
+            return
+        assert self._rmq_hello is not None
+        session = raft_crypto.derive_session(self._rmq_master, self._rmq_hello, peer_hello)
+        pending, self._rmq_pending = self._rmq_pending, []
+        self._rmq_session = session
+        self._rmq_write([session.finished()] + [session.seal(p) for p in pending])
+
+
+def secure_connection(conn: Any, master: bytes, role: bytes) -> None:
+    """Turn a fresh pysyncobj TcpConnection into a SecureConnection (before any byte)."""
+    assert type(conn) is TcpConnection, f"unexpected connection class {type(conn)}"
+    assert conn.encryptor is None, "pysyncobj's own password option is not used"
+    conn.__class__ = SecureConnection
+    conn.rmq_setup(master, role)
+
+
+def count_rejected(reason: str) -> None:
+    """The existing counter (raftmq_raft_frames_rejected_total), with the reason in the log."""
+    codec = patches.frame_codec()
+    codec.rejected_frames += 1
+    count = codec.rejected_frames
+    if count <= _LOG_FIRST_REJECTIONS or count % 1000 == 0:
+        log.warning("raft_frame_rejected reason=%s count=%d", reason, count)

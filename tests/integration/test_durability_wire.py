@@ -6,9 +6,9 @@ pickled entry. When the entry's few bytes of pickle overhead push it into one mo
 the command (the 24-byte window below each multiple of 64 KiB from 128 KiB on), the follower
 gets 'finish' one chunk early and cannot unpickle the entry: it never acknowledges it.
 
-Authentication (defect 4): with a cluster secret every frame carries an HMAC-SHA256 tag checked
-before pickle.loads; a stranger's pickle is never unpickled, a node with another secret cannot
-join.
+Authentication (defect 4, then issue 9): with a cluster secret every connection starts with a
+handshake and every frame is AES-GCM sealed (replication/raft_crypto.py), opened before
+pickle.loads; a stranger's pickle is never unpickled, a node with another secret cannot join.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import math
 import pickle
 import socket
-import struct
 import zlib
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import pytest
 from replication.patches import FrameCodec
 from tests.support.cluster import wait_until
 from tests.support.durability_cluster import DCluster, wait_acks
+from tests.support.raft_wire import closed_by_peer, handshake, recv_frame, send_frame
 
 pytestmark = pytest.mark.integration
 
@@ -109,24 +109,6 @@ def test_sensitivity_stock_chunk_labels_break_the_follower(tmp_path: Path) -> No
 
 
 # -- authentication -------------------------------------------------------------------------------
-def send_frame(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(struct.pack("i", len(data)) + data)
-
-
-def recv_frame(sock: socket.socket, timeout_s: float) -> bytes | None:
-    sock.settimeout(timeout_s)
-    buf = b""
-    try:
-        while len(buf) < 4 or len(buf) < 4 + struct.unpack("i", buf[:4])[0]:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return None  # the node closed the connection
-            buf += chunk
-    except TimeoutError:
-        return None
-    return buf[4 : 4 + struct.unpack("i", buf[:4])[0]]
-
-
 class CreatesFile:
     """Unpickling this creates a file: proof of code execution on the Raft port."""
 
@@ -137,26 +119,29 @@ class CreatesFile:
         return (open, (str(self.path), "w"))
 
 
-def test_stranger_pickle_is_never_unpickled_and_mac_is_the_gate(tmp_path: Path) -> None:
+def test_stranger_pickle_is_never_unpickled_and_the_handshake_is_the_gate(tmp_path: Path) -> None:
     cluster = DCluster(tmp_path, 3, secret=SECRET_HEX)
     marker = tmp_path / "pwned"
+    secret = bytes.fromhex(SECRET_HEX)
     try:
         cluster.start_all("idle")
         wait_until(cluster.leader, what="a leader")
         host, port = cluster.nodes[0].raft.split(":")
         evil = zlib.compress(pickle.dumps(CreatesFile(marker), 2), 3)  # a stock pysyncobj frame
-        with socket.create_connection((host, int(port)), timeout=5) as sock:
-            send_frame(sock, evil)
-            assert recv_frame(sock, timeout_s=5) is None, "the node must drop the connection"
-        wait_until(lambda: (cluster.nodes[0].stats() or {}).get("frames_rejected", 0) >= 1,
-                   what="the rejection to be counted")
-        assert not marker.exists(), "a frame without the cluster MAC was unpickled"
-        codec = FrameCodec(bytes.fromhex(SECRET_HEX))  # positive control: same bytes, MAC'd
-        with socket.create_connection((host, int(port)), timeout=5) as sock:
-            send_frame(sock, codec.compress(pickle.dumps(["status"], 5), 3))
+        v1 = FrameCodec(secret).compress(pickle.dumps(CreatesFile(marker), 5), 3)  # old MAC'd
+        for rejected, frame in enumerate((evil, v1), start=1):
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                send_frame(sock, frame)
+                assert closed_by_peer(sock, timeout_s=5), "the node must drop the connection"
+            wait_until(lambda n=rejected: (cluster.nodes[0].stats() or {}).get(  # type: ignore[misc]
+                "frames_rejected", 0) >= n, what="the rejection to be counted")
+        assert not marker.exists(), "a frame from outside the handshake was unpickled"
+        with socket.create_connection((host, int(port)), timeout=5) as sock:  # positive control
+            session = handshake(sock, secret)
+            send_frame(sock, session.seal(pickle.dumps(["status"], 5)))
             reply = recv_frame(sock, timeout_s=5)
-        assert reply is not None, "a MAC'd utility frame is answered"
-        status = pickle.loads(codec.decompress(reply))
+        assert reply is not None, "a utility frame sealed in a session is answered"
+        status = pickle.loads(session.open(reply))
         assert status["self"].id == cluster.nodes[0].raft
     finally:
         cluster.kill_all()

@@ -19,6 +19,11 @@ Families (the CLI's ``--faults``) expand into concrete kinds:
                 not ack what it could not persist (raftmq exits, code 75). Heal: delete the
                 balloon, restart the node if it exited. Skipped (and said so) on a node whose
                 data dir is a lazy FUSE mount, which has no capacity.
+    network     network-lossy-one (every packet to and from one node dropped with probability
+                LOSS_MIN..LOSS_MAX), network-lossy-all (every link lossy), network-slow-one /
+                -leader (the node's egress rate-limited by tc tbf: queueing delay up to
+                SLOW_LATENCY_MS, then drops). iptables `statistic` DROP, as the kernel has no
+                sch_netem: no fixed delay, jitter, reordering or duplication. Heal: flush.
     clock       clock-jump-leader, -one, -all: jump the node's wall AND monotonic clocks
                 forward by 1..CLOCK_JUMP_MAX_S (libfaketime; like a VM suspend). The offset
                 stays after the heal (clocks never go back): the node keeps a skewed clock.
@@ -52,6 +57,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "power-loss": ("power-one", "power-all"),
     "clock": ("clock-jump-leader", "clock-jump-one", "clock-jump-all"),
     "disk-full": ("disk-full-one", "disk-full-leader"),
+    "network": ("network-lossy-one", "network-lossy-all", "network-slow-one",
+                "network-slow-leader"),
     "wipe-majority": ("wipe-majority",),
     "none": (),
 }
@@ -64,6 +71,11 @@ START_WATCH_S = 20.0
 LAG_WRITE_S = 2.0
 WIPE_WRITE_S = 3.0
 CLOCK_JUMP_MAX_S = 120
+LOSS_MIN = 0.05
+LOSS_MAX = 0.3
+SLOW_RATE_KBIT_MIN = 256
+SLOW_RATE_KBIT_MAX = 2048
+SLOW_LATENCY_MS = 400
 
 
 @dataclass(frozen=True)
@@ -161,7 +173,8 @@ class Nemesis:
         family = fault.kind.split("-")[0]
         handler = {"kill": self._kill, "pause": self._pause, "partition": self._partition,
                    "corrupt": self._corrupt, "power": self._power, "wipe": self._wipe,
-                   "clock": self._clock, "disk": self._disk_full}[family]
+                   "clock": self._clock, "disk": self._disk_full,
+                   "network": self._network}[family]
         details = await handler(fault, rng)
         self.active[fault.id] = {"fault": fault, **details}
         self.history.nemesis("start", {"id": fault.id, "fault": fault.kind, **details})
@@ -312,6 +325,23 @@ class Nemesis:
         rest = [i for i in everyone if i not in majority]
         return {"targets": self._ids(majority), "restart": rest, "wiped_started": ready}
 
+    async def _network(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
+        if "slow" in fault.kind:
+            idx = (await self._leader_or_random(rng) if fault.kind.endswith("leader")
+                   else self._minority(rng, 1)[0])
+            rate_kbit = rng.randint(SLOW_RATE_KBIT_MIN, SLOW_RATE_KBIT_MAX)
+            await asyncio.to_thread(self.net.rate_limit, idx, rate_kbit, SLOW_LATENCY_MS)
+            return {"targets": self._ids([idx]), "rate_kbit": rate_kbit,
+                    "latency_ms": SLOW_LATENCY_MS}
+        everyone = list(range(1, self.n + 1))
+        lossy = everyone if fault.kind.endswith("all") else self._minority(rng, 1)
+        probability = round(rng.uniform(LOSS_MIN, LOSS_MAX), 3)
+        links = _cut(lossy, everyone) if len(lossy) < self.n else _cut(everyone, everyone)
+        for to, sources in sorted(links.items()):
+            for src in sorted(sources | ({CLIENT_ADDRESS} if to in lossy else set())):
+                await asyncio.to_thread(self.net.lossy_from, to, src, probability)
+        return {"targets": self._ids(lossy), "loss_probability": probability}
+
     async def _disk_full(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
         if fault.kind == "disk-full-leader":
             idx = await self._leader_or_random(rng)
@@ -341,7 +371,7 @@ class Nemesis:
         healed: dict[str, Any] = {}
         if fault.kind.startswith("disk-full"):
             healed.update(await self._heal_disk(info))
-        if fault.kind.startswith("partition"):
+        if fault.kind.startswith(("partition", "network")):
             await asyncio.to_thread(self.net.heal)
         for i in info.get("resume", []):
             self.cluster.resume(i)

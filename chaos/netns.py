@@ -32,6 +32,7 @@ CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 PREFIX_RE = re.compile(r"^rq(\d+)x[0-9a-f]{4}")
 COMMAND_TIMEOUT_S = 30.0
+TBF_BURST_KBIT = 32  # tc tbf bucket: bytes that pass at line rate before the limit bites
 
 
 class NetnsUnavailable(RuntimeError):
@@ -182,13 +183,34 @@ class Network:
         else:
             self.iptables(index, "-A", "INPUT", "-s", source, "-j", *target)
 
+    def lossy_from(self, index: int, source: str, probability: float) -> None:
+        """Node `index` drops each packet from `source` with `probability` (iptables statistic:
+        this kernel has no sch_netem, so loss is made in the INPUT chain)."""
+        assert 0.0 < probability <= 1.0, probability
+        self.iptables(index, "-A", "INPUT", "-s", source, "-m", "statistic", "--mode", "random",
+                      "--probability", f"{probability:.4f}", "-j", "DROP")
+
+    def rate_limit(self, index: int, rate_kbit: int, latency_ms: int) -> None:
+        """Node `index` sends at most `rate_kbit` (tc tbf on its eth0): packets queue up to
+        `latency_ms` (that is the delay) and are dropped past it."""
+        assert rate_kbit > 0 and latency_ms > 0, (rate_kbit, latency_ms)
+        run_cmd([*self.exec_prefix(index), "tc", "qdisc", "replace", "dev", "eth0", "root",
+                 "tbf", "rate", f"{rate_kbit}kbit", "burst", f"{TBF_BURST_KBIT}kbit",
+                 "latency", f"{latency_ms}ms"])
+
     def heal(self) -> None:
-        """Remove every partition rule from every node."""
+        """Remove every partition / loss rule and every rate limit from every node."""
         for i in range(1, self.nodes + 1):
             self.iptables(i, "-F", "INPUT")
+            if shutil.which("tc") is not None:
+                run_cmd([*self.exec_prefix(i), "tc", "qdisc", "del", "dev", "eth0", "root"],
+                        check=False)  # fails harmlessly when there is no limit
 
     def rules(self, index: int) -> str:
         return run_cmd([*self.exec_prefix(index), "iptables", "-w", "-S", "INPUT"]).stdout
+
+    def qdisc(self, index: int) -> str:
+        return run_cmd([*self.exec_prefix(index), "tc", "qdisc", "show", "dev", "eth0"]).stdout
 
     def close(self) -> None:
         with self._lock:

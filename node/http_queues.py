@@ -58,7 +58,8 @@ async def publish(request: web.Request) -> web.Response:
 def publish_command(context: NodeContext, body: dict[str, Any]) -> dict[str, Any]:
     """The validated `messages` (and `producer`, when given) of a publish body."""
     context.check_memory()
-    messages = validate.publish_messages(decode_bodies(body.get("messages")), context.limits)
+    messages = validate.publish_messages_wire(decode_bodies(body.get("messages")),
+                                              context.limits)
     cmd: dict[str, Any] = {"messages": messages}
     if body.get("producer") is not None:
         cmd["producer"] = validate.producer_ref(body["producer"])

@@ -58,8 +58,7 @@ async def publish_topic(request: web.Request) -> web.Response:
     name = topic_name(request)
     body = await read_body(request)
     context.check_memory()
-    messages = topic_rules.validate_topic_messages(decode_bodies(body.get("messages")),
-                                                   topic_limits(context))
+    messages = topic_messages(context, body.get("messages"))
     cmd: dict[str, Any] = {"op": "topic.publish", "topic": name, "messages": messages}
     if body.get("producer") is not None:
         cmd["producer"] = validate.producer_ref(body["producer"])
@@ -174,10 +173,15 @@ def txn_publish(context: Any, item: Any, i: int) -> dict[str, Any]:
         part["queue"] = validate.name(item["queue"], f"publish[{i}].queue", context.limits)
         return part
     context.check_memory()
-    messages = topic_rules.validate_topic_messages(decode_bodies(item.get("messages")),
-                                                   topic_limits(context))
+    messages = topic_messages(context, item.get("messages"))
     return {"topic": validate.name(item["topic"], f"publish[{i}].topic", context.limits),
             "messages": messages}
+
+
+def topic_messages(context: Any, raw: Any) -> list[dict[str, Any]]:
+    """Validated topic messages in their wire form (a plain message travels as its body)."""
+    messages = topic_rules.validate_topic_messages(decode_bodies(raw), topic_limits(context))
+    return [topic_rules.topic_wire_form(m) for m in messages]
 
 
 async def subscribe(request: web.Request) -> web.StreamResponse:

@@ -244,8 +244,8 @@ class BrokerState:
             kind = "topic" if part.get("topic") is not None else "queue"
             target = validate.name(part.get(kind), f"publish[{i}].{kind}", self.limits)
             if kind == "queue":
-                messages = validate.publish_messages(part.get("messages"), self.limits,
-                                                     f"publish[{i}].messages")
+                messages = validate.publish_messages_checked(part.get("messages"), self.limits,
+                                                             f"publish[{i}].messages")
             else:
                 raw = part.get("messages")
                 if not isinstance(raw, list) or not raw:

@@ -152,7 +152,19 @@ def validate_topic_messages(raw: Any, limits: TopicLimits | None = None) -> list
     return [_validate_message(m, i, lim) for i, m in enumerate(raw)]
 
 
+def topic_wire_form(normalized: dict[str, Any]) -> dict[str, Any]:
+    """A normalized topic message as the node proposes it: without empty headers and a None
+    key (validate_topic_messages reads them back as those defaults)."""
+    if normalized["headers"] or normalized["key"] is not None:
+        return normalized
+    return {"body": normalized["body"]}
+
+
 def _validate_message(msg: Any, i: int, lim: TopicLimits) -> dict[str, Any]:
+    if type(msg) is dict and len(msg) == 1:  # the common message: a body, nothing else
+        body = msg.get("body")
+        if type(body) is bytes and len(body) <= lim.body_bytes_max:
+            return {"body": body, "headers": {}, "key": None}
     if not isinstance(msg, dict):
         raise BrokerError("invalid_request", f"messages[{i}] must be an object")
     if not _MESSAGE_KEYS.issuperset(msg):

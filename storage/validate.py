@@ -117,6 +117,12 @@ def queue_config(body: Any, limits: Limits = DEFAULT_LIMITS,
 
 # ----- messages
 
+# The fields of a normalized queue message besides `body`, with their defaults.
+MESSAGE_DEFAULTS: dict[str, Any] = {
+    "headers": {}, "priority": 0, "delay_s": 0, "ttl_s": 0, "group": None, "dedup_id": None,
+    "correlation_id": None, "reply_to": None,
+}
+
 def headers(value: Any, field: str, limits: Limits = DEFAULT_LIMITS) -> dict[str, str]:
     raw = _object(value, field)
     if len(raw) > limits.headers_max:
@@ -157,6 +163,10 @@ def message(value: Any, field: str, limits: Limits = DEFAULT_LIMITS) -> dict[str
     if not isinstance(value, dict):
         raise bad(field, "must be an object")
     priority = value.get("priority")
+    if len(value) == 1:  # the common message: a body, nothing else
+        return {"body": body_bytes(value.get("body"), f"{field}.body", limits), "headers": {},
+                "priority": 0, "delay_s": 0, "ttl_s": 0, "group": None, "dedup_id": None,
+                "correlation_id": None, "reply_to": None}
     return {
         "body": body_bytes(value.get("body"), f"{field}.body", limits),
         "headers": headers(value.get("headers"), f"{field}.headers", limits),
@@ -184,32 +194,80 @@ def publish_messages(value: Any, limits: Limits = DEFAULT_LIMITS,
     return [message(m, f"{field}[{i}]", limits) for i, m in enumerate(value)]
 
 
-def publish_messages_checked(value: Any, limits: Limits = DEFAULT_LIMITS) -> list[dict[str, Any]]:
-    """publish_messages for `apply`: messages already normalized by the node pass a cheap check
-    (same rules, no copies); anything else gets the full validation and its error."""
+def publish_messages_wire(value: Any, limits: Limits = DEFAULT_LIMITS,
+                          field: str = "messages") -> list[dict[str, Any]]:
+    """publish_messages for the node: the same checks and errors, but each message in its
+    *wire form*: normalized, without the fields that hold their default (MESSAGE_DEFAULTS).
+    The common message travels as `{"body": bytes}`: a third of the msgpack work of the full
+    form on every node, and `apply` accepts it with a type check (publish_messages_checked)."""
+    if type(value) is list and 0 < len(value) <= limits.batch_messages_max:
+        bodies = [_plain_body(m, limits) for m in value]
+        if None not in bodies:
+            return [{"body": b} for b in bodies]
+    return [wire_form(m) for m in publish_messages(value, limits, field)]
+
+
+def wire_form(normalized: dict[str, Any]) -> dict[str, Any]:
+    """A normalized message without its default-valued fields (apply reads them as defaults)."""
+    out = {"body": normalized["body"]}
+    for key, default in MESSAGE_DEFAULTS.items():
+        value = normalized[key]
+        if not (value == default and type(value) is type(default)):
+            out[key] = value
+    assert len(out) <= len(MESSAGE_DEFAULTS) + 1
+    return out
+
+
+def _plain_body(m: Any, limits: Limits) -> bytes | None:
+    """The body of a message that is a body and nothing else, within its limit; else None
+    (and the full validation will name what is wrong)."""
+    if type(m) is not dict or len(m) != 1:
+        return None
+    body = m.get("body")
+    if type(body) is str:
+        try:
+            body = body.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+    elif type(body) is not bytes:
+        return None
+    return body if len(body) <= limits.body_bytes_max else None
+
+
+def publish_messages_checked(value: Any, limits: Limits = DEFAULT_LIMITS,
+                             field: str = "messages") -> list[dict[str, Any]]:
+    """publish_messages for `apply`: messages the node normalized (full or wire form) pass a
+    cheap check (same rules, no copies); anything else gets the full validation and its error.
+    Apply reads absent fields as their defaults (Queues.commit)."""
     if (type(value) is list and 0 < len(value) <= limits.batch_messages_max
             and all(_is_normalized(m, limits) for m in value)):
         return value
-    return publish_messages(value, limits)
+    return publish_messages(value, limits, field)
 
 
 def _is_normalized(m: Any, limits: Limits) -> bool:
     if type(m) is not dict:
         return False
-    body, hdrs, priority = m.get("body"), m.get("headers"), m.get("priority")
-    if type(body) is not bytes or len(body) > limits.body_bytes_max or type(hdrs) is not dict:
+    body = m.get("body")
+    if type(body) is not bytes or len(body) > limits.body_bytes_max:
         return False
-    if type(priority) is not int or not 0 <= priority <= limits.priority_max:
-        return False
-    if hdrs and not _headers_ok(hdrs, limits):
-        return False
+    if len(m) == 1:  # wire form of the common message
+        return True
     get = m.get
+    hdrs, priority = get("headers"), get("priority")
+    if hdrs is not None and (type(hdrs) is not dict or (hdrs and not _headers_ok(hdrs, limits))):
+        return False
+    if priority is not None and (type(priority) is not int
+                                 or not 0 <= priority <= limits.priority_max):
+        return False
     delay_s: Any = get("delay_s")
     ttl_s: Any = get("ttl_s")
     # bool is not int here (type, not isinstance); NaN fails the range comparison
-    if type(delay_s) not in (int, float) or not 0 <= delay_s <= limits.delay_s_max:
+    if delay_s is not None and (type(delay_s) not in (int, float)
+                                or not 0 <= delay_s <= limits.delay_s_max):
         return False
-    if type(ttl_s) not in (int, float) or not 0 <= ttl_s <= limits.ttl_s_max:
+    if ttl_s is not None and (type(ttl_s) not in (int, float)
+                              or not 0 <= ttl_s <= limits.ttl_s_max):
         return False
     chars_max = limits.string_field_chars_max
     for v in (get("group"), get("dedup_id"), get("correlation_id"), get("reply_to")):

@@ -687,3 +687,20 @@ def test_decode_rejects_malformed() -> None:
     for bad in ({}, {**good, "topics": [["a"]]}, {**good, "topics": [good["topics"][0]] * 2}):
         with pytest.raises(ValueError):
             Topics.decode(bad)
+
+
+def test_wire_form_of_a_plain_message_reads_back_with_the_defaults() -> None:
+    from storage.topics import topic_wire_form
+
+    full = validate_topic_messages([{"body": "a"}, {"body": b"b", "key": "k"},
+                                    {"body": "c", "headers": {"h": "v"}}])
+    wire = [topic_wire_form(m) for m in full]
+    assert wire == [{"body": b"a"}, full[1], full[2]]
+    assert validate_topic_messages(wire) == full
+    with pytest.raises(BrokerError):  # a wire-form body over the limit is still refused
+        validate_topic_messages([{"body": b"12345"}], TopicLimits(body_bytes_max=4))
+    t = Topics()
+    create(t)
+    publish(t, wire)
+    assert [(m["body"], m["key"], m["headers"]) for m in t.read("t", 0, 0, 3)["messages"]] == [
+        (b"a", None, {}), (b"b", "k", {}), (b"c", None, {"h": "v"})]

@@ -170,3 +170,50 @@ def test_queues_max_and_txn_parts_max() -> None:
     err = s.apply({"op": "txn", "publish": [part, part, part]}, 1)["error"]
     assert err["code"] == "invalid_request" and "txn_parts_max" in err["message"]
     assert s.queue_info("a", 1)["stats"]["published_total"] == 0
+
+
+def test_wire_form_drops_only_default_fields_and_apply_reads_them_back() -> None:
+    """The node proposes messages without their default fields; apply must accept them with
+    the cheap check and treat them exactly like the full form (same state, same answers)."""
+    from storage.state import BrokerState
+
+    raw = [{"body": "plain"}, {"body": b"\x00bin"},
+           {"body": "x", "priority": 0, "headers": {}, "delay_s": 0, "group": None},
+           {"body": "y", "priority": 4, "headers": {"k": "v"}, "delay_s": 0.0, "ttl_s": 60,
+            "group": "g", "dedup_id": "d", "correlation_id": "c", "reply_to": "r"}]
+    wire = validate.publish_messages_wire(raw)
+    assert wire[:3] == [{"body": b"plain"}, {"body": b"\x00bin"}, {"body": b"x"}]
+    full = validate.publish_messages([raw[3]])[0]
+    assert wire[3] == {k: v for k, v in full.items() if k != "delay_s"}  # delay 0: the default
+    assert validate.publish_messages_checked(wire) is wire  # apply: no copies, no re-validation
+    states = []
+    for messages in (wire, validate.publish_messages(raw)):
+        state = BrokerState()
+        state.apply({"op": "queue.create", "queue": "q", "config": {}}, 1_000)
+        published = state.apply({"op": "queue.publish", "queue": "q", "messages": messages},
+                                1_001)
+        received = state.apply({"op": "queue.receive", "queue": "q", "max_messages": 10,
+                                "visibility_timeout_s": None, "ack": "manual"}, 1_002)
+        states.append((published, received, state.encode_snapshot()))
+    assert states[0] == states[1]
+    # the priority 4 message comes first; the others got the default priority 0 and headers {}
+    assert [m["headers"] for m in states[0][1]["messages"]] == [{"k": "v"}, {}, {}, {}]
+    assert [m["priority"] for m in states[0][1]["messages"]] == [4, 0, 0, 0]
+
+
+def test_wire_form_keeps_every_error_of_the_full_validation() -> None:
+    limits = Limits(body_bytes_max=4, batch_messages_max=2)
+    fails("message_too_large", "messages[1].body", validate.publish_messages_wire,
+          [{"body": "ok"}, {"body": "12345"}], limits)
+    fails("batch_too_large", "messages", validate.publish_messages_wire, [{"body": "a"}] * 3,
+          limits)
+    fails("invalid_request", "messages[0].body", validate.publish_messages_wire, [{"body": 5}])
+    fails("invalid_request", "messages[0].body", validate.publish_messages_wire,
+          [{"body": "\ud800"}])
+    fails("invalid_request", "messages[0].body", validate.publish_messages_wire, [{"bdy": "x"}])
+    fails("invalid_request", "messages", validate.publish_messages_wire, [])
+    # apply, given a wire-form message that slipped past the node, still refuses it
+    for bad in ([{"body": "text, not bytes"}], [{"body": b"12345"}], [{"body": b"x", "ttl_s": -1}],
+                [{"body": b"x", "headers": None, "priority": True}]):
+        with pytest.raises(BrokerError):
+            validate.publish_messages_checked(bad, limits)

@@ -63,8 +63,7 @@ def node_main(argv: list[str]) -> int:
     opts = parser.parse_args(argv)
     if (opts.tls_cert is None) != (opts.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
-    logging.basicConfig(level=opts.log_level.upper(),
-                        format="%(asctime)s level=%(levelname)s %(name)s %(message)s")
+    setup_logging(opts.id, opts.log_level)
     if not __debug__:
         print("raftmq node: refusing to run under python -O: it strips the state machine's "
               "invariant checks (assert)", file=sys.stderr)
@@ -94,6 +93,19 @@ def node_main(argv: list[str]) -> int:
               "node's data dir and let it catch up from the others.", file=sys.stderr)
         return 3
     return 0
+
+
+LOG_FORMAT = "%(asctime)s level=%(levelname)s %(name)s %(raft)s %(message)s"
+
+
+def setup_logging(node_id: str, level: str) -> None:
+    """key=value lines; every line carries node, term, commit_index and applied_index."""
+    from replication.replica import RaftLogFilter
+
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    log_filter = RaftLogFilter(node_id)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(log_filter)
 
 
 if __name__ == "__main__":

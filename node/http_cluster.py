@@ -141,6 +141,8 @@ class BrokerCollector(Collector):
             ("raftmq_raft_applied_index", "Last applied Raft index", status.applied_index),
             ("raftmq_raft_is_leader", "1 if this node is the leader",
              1 if status.role == "leader" else 0),
+            ("raftmq_raft_elections_started_total", "Elections this node started (as candidate)",
+             self.context.replica.stats().get("elections_started", 0)),
         ):
             yield GaugeMetricFamily(name, doc, value=value)
 

@@ -16,11 +16,13 @@ import collections
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pysyncobj import SyncObj, replicated
+from pysyncobj.monotonic import monotonic as raft_monotonic
 
 from replication.hardening import (
     SnapshotHooks,
@@ -48,6 +50,11 @@ T = TypeVar("T")
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj _RAFT_STATE
 _RAFT_STATE_ATTR = "_SyncObj__raftState"  # read-only; asserted present at start-up
+# Written by the join guard (below); each asserted present at start-up.
+_ELECTION_DEADLINE_ATTR = "_SyncObj__raftElectionDeadline"
+_RAFT_TIMEOUT_FN = "_SyncObj__generateRaftTimeout"
+_SET_TERM_FN = "_SyncObj__setCurrentTerm"
+_TRANSPORT_ATTR = "_SyncObj__transport"
 
 
 class ApplyCore:
@@ -186,6 +193,91 @@ def _wake_single_node(sync: Any, inflight: Callable[[], int]) -> None:
     poller.poll = poll
 
 
+_LIVE: dict[str, weakref.ref[Replica]] = {}  # node id -> its replica, for log lines only
+_LIVE_LOCK = threading.Lock()
+
+
+def raft_log_fields(node_id: str) -> str:
+    """`node=.. term=.. commit_index=.. applied_index=..` of this process's replica of node_id
+    ("-" before it starts). Reads three ints pysyncobj updates on its thread: no lock needed
+    (each read is atomic), so it is cheap enough for every log line, from any thread."""
+    with _LIVE_LOCK:
+        ref = _LIVE.get(node_id)
+    replica = ref() if ref is not None else None
+    if replica is None or not hasattr(replica, "_sync"):
+        return f"node={node_id} term=- commit_index=- applied_index=-"
+    sync = replica._sync
+    return (f"node={node_id} term={sync.raftCurrentTerm} commit_index={sync.raftCommitIndex} "
+            f"applied_index={sync.raftLastApplied}")
+
+
+class RaftLogFilter(logging.Filter):
+    """Puts `raft_log_fields` on every record as `%(raft)s` (node/cli.py's log format)."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            record.raft = raft_log_fields(self.node_id)
+        except Exception:  # a log line is never lost to its context  # noqa: BLE001
+            record.raft = f"node={self.node_id} term=? commit_index=? applied_index=?"
+        return True
+
+
+class RaftWatch:
+    """Elections this node started (logged, counted) and the join guard, on one SyncObj.
+
+    Join guard (docs/membership.md "Known costs"): a node that has not seen a leader since it
+    started restarts its election timer whenever it connects to a peer. A node added at runtime
+    has waited alone far past its election timeout; without this, the members' first connection
+    (before the leader's first append) made it start an election at once. With it, the leader's
+    appends (every 0.1 s) reach it well inside its next timeout (>= raftMinTimeout). A real
+    leaderless cluster still elects: one timeout after the last connection.
+
+    Everything here runs on the Raft thread, except `seen_leader`, which the loop may also set.
+    """
+
+    def __init__(self, sync: Any, node_id: str) -> None:
+        for attr in (_ELECTION_DEADLINE_ATTR, _RAFT_TIMEOUT_FN, _SET_TERM_FN, _TRANSPORT_ATTR):
+            assert hasattr(sync, attr), f"pysyncobj internals changed ({attr})"
+        self.sync = sync
+        self.node_id = node_id
+        self.self_addr = str(sync.selfNode.id)
+        self.seen_leader = False
+        self.elections_started = 0
+        self.timer_restarts = 0
+        transport = getattr(sync, _TRANSPORT_ATTR)
+        self._on_connected_inner = transport._onNodeConnectedCallback
+        assert callable(self._on_connected_inner), "pysyncobj transport callback missing"
+        self._set_term_inner = getattr(sync, _SET_TERM_FN)
+        setattr(sync, _SET_TERM_FN, self._set_current_term)
+        transport.setOnNodeConnectedCallback(self._on_connected)
+
+    def _on_connected(self, node: Any) -> None:  # Raft thread
+        self._on_connected_inner(node)
+        sync = self.sync
+        if self.seen_leader or sync._getLeader() is not None:
+            self.seen_leader = True
+            return
+        timeout_s = getattr(sync, _RAFT_TIMEOUT_FN)()
+        assert timeout_s > 0
+        setattr(sync, _ELECTION_DEADLINE_ATTR, raft_monotonic() + timeout_s)
+        self.timer_restarts += 1
+        log.info("event=election_timer_restarted node=%s reason=connected_before_any_leader "
+                 "peer=%s", self.node_id, node.id)
+
+    def _set_current_term(self, term: int, voted_for: Any) -> None:  # Raft thread
+        old = int(self.sync.raftCurrentTerm)
+        self._set_term_inner(term, voted_for)
+        if term > old and voted_for == self.self_addr:
+            self.elections_started += 1
+            log.info("event=election_started node=%s term=%d", self.node_id, term)
+        elif term > old:
+            log.info("event=term_changed node=%s term=%d", self.node_id, term)
+
+
 class Replica:
     """One node's replica of the broker state (architecture.md §2). Build with `start`."""
 
@@ -206,6 +298,7 @@ class Replica:
         self._ticker_task: asyncio.Task[None] | None = None
         self._core: ApplyCore
         self._sync: _RaftBroker
+        self._raft_watch: RaftWatch
         self._proposer: Proposer
 
     @classmethod
@@ -225,6 +318,9 @@ class Replica:
         args = _syncobj_args(cfg, self._core, state_decoder or _default_state_decoder)
         self._sync = _RaftBroker(self._core, args)
         assert hasattr(self._sync, _RAFT_STATE_ATTR), "pysyncobj internals changed (raft state)"
+        self._raft_watch = RaftWatch(self._sync, cfg.node_id)
+        with _LIVE_LOCK:
+            _LIVE[cfg.node_id] = weakref.ref(self)
         self._proposer = Proposer(
             loop,
             self._submit,
@@ -354,6 +450,8 @@ class Replica:
             "entries_applied": core.entries_applied,
             "commands_applied": core.commands_applied,
             "apply_errors": core.apply_errors,
+            "elections_started": self._raft_watch.elections_started,
+            "election_timer_restarts": self._raft_watch.timer_restarts,
         }
 
     # -- background: leader watch, no-leader fast fail, tick --------------------------------
@@ -376,6 +474,7 @@ class Replica:
                 grace = self._cfg.no_leader_grace_s
                 self._proposer.refuse(ProposalError("no_leader", f"no leader for over {grace} s"))
             return
+        self._raft_watch.seen_leader = True
         if self._no_leader_since is not None:
             self._no_leader_since = None
             self._proposer.refuse(None)

@@ -18,6 +18,7 @@ dict kept in least-recently-used order, so expiry and eviction cost O(removed).
 from __future__ import annotations
 
 import copy
+import operator
 from collections import deque
 from typing import Any
 
@@ -178,19 +179,26 @@ _TOPIC_KEYS = ("partition", "offset", "duplicate")
 
 
 def pack_result(result: dict[str, Any]) -> dict[str, Any]:
-    packed = copy.deepcopy(result)
-    msgs = packed.get("messages")
-    if isinstance(msgs, list) and msgs:
-        compact = _pack_messages(msgs)
-        if compact is not None:
-            packed["messages"] = compact
-    for part in packed.get("publish") or []:  # transactions: one list per publish part
-        if isinstance(part, dict) and isinstance(part.get("messages"), list) \
-                and part["messages"]:
-            compact = _pack_messages(part["messages"])
-            if compact is not None:
-                part["messages"] = compact
+    """The stored form: shares nothing mutable with `result` (which goes to the client), so
+    it never changes after it is stored. The message lists, the bulk of a result, are rebuilt
+    compact instead of deep-copied first (a deepcopy per publish cost more than the publish)."""
+    packed = {key: _packed_value(key, value) for key, value in result.items()}
+    assert packed.keys() == result.keys()
     return packed
+
+
+def _packed_value(key: str, value: Any) -> Any:
+    if key == "messages" and isinstance(value, list) and value:
+        compact = _pack_messages(value)
+        if compact is not None:
+            return compact
+    elif key == "publish" and isinstance(value, list):  # transactions: a list per part
+        return [{k: _packed_value(k, v) for k, v in part.items()} if isinstance(part, dict)
+                else copy.deepcopy(part) for part in value]
+    return value if isinstance(value, _IMMUTABLE) else copy.deepcopy(value)
+
+
+_IMMUTABLE = (str, bytes, int, float, bool, type(None))
 
 
 def unpack_result(packed: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +212,36 @@ def unpack_result(packed: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pack_messages(msgs: list[Any]) -> dict[str, Any] | None:
+    first = _id_range_start(msgs)
+    if first is not None:
+        return {"range": [first, len(msgs)]}
+    return _pack_message_list(msgs)
+
+
+def _id_range_start(msgs: list[Any]) -> int | None:
+    """The first id when msgs are consecutive new queue ids (the common publish), else None.
+    Exact: unpacking the range gives a list equal to msgs."""
+    try:
+        ids = list(map(_get_id, msgs))
+        dups = list(map(_get_dup, msgs))
+    except (KeyError, TypeError):
+        return None
+    head = ids[0]
+    if type(head) is not str or not head.isdigit() or str(int(head)) != head:
+        return None
+    first = int(head)
+    if ids != list(map(str, range(first, first + len(ids)))) or any(dups):
+        return None
+    if any(len(m) != 2 for m in msgs):  # keys exactly id and duplicate
+        return None
+    return first
+
+
+_get_id = operator.itemgetter("id")
+_get_dup = operator.itemgetter("duplicate")
+
+
+def _pack_message_list(msgs: list[Any]) -> dict[str, Any] | None:
     if all(isinstance(m, dict) and tuple(m) == _QUEUE_KEYS and isinstance(m["id"], str)
            and m["id"].isdigit() and str(int(m["id"])) == m["id"] for m in msgs):
         ids = [int(m["id"]) for m in msgs]

@@ -240,3 +240,26 @@ def test_an_expired_producer_id_registered_again_fences_its_zombie() -> None:
     restored = BrokerState.decode_snapshot(state.encode_snapshot(),
                                            Limits(producer_idle_expiry_s=10))
     assert restored.producers.epoch_floor == state.producers.epoch_floor
+
+
+def test_the_stored_answer_shares_nothing_with_the_one_given_to_the_client(b: Broker) -> None:
+    """Results are stored without a deep copy; a caller changing its answer (the node adds
+    fields, a client library mutates) must not change what a retry is answered."""
+    b.ok(op="producer.register", id="p")
+    first = pub(b, "p", 1, 0, "a", "b")
+    want = [(m["id"], True) for m in first["messages"]]
+    first["messages"][0]["id"] = "changed"
+    first["messages"].append({"id": "999", "duplicate": False})
+    first["extra"] = 1
+    txn = b.ok(op="txn", publish=[{"queue": "q", "messages": [{"body": "t"}]}],
+               producer={"id": "p", "epoch": 1, "seq": 1})
+    txn_ids = [m["id"] for m in txn["publish"][0]["messages"]]
+    txn["publish"][0]["messages"].clear()
+    txn["publish"][0]["queue"] = "other"
+    again = pub(b, "p", 1, 0, "a", "b")
+    assert [(m["id"], m["duplicate"]) for m in again["messages"]] == want
+    assert "extra" not in again
+    txn_again = b.ok(op="txn", publish=[{"queue": "q", "messages": [{"body": "t"}]}],
+                     producer={"id": "p", "epoch": 1, "seq": 1})
+    assert txn_again["publish"][0]["queue"] == "q"
+    assert [m["id"] for m in txn_again["publish"][0]["messages"]] == txn_ids

@@ -144,6 +144,22 @@ class Cluster:
         tmp.replace(path)
         return total
 
+    def clock_offset(self, index: int) -> int:
+        """Node `index`'s current clock offset in seconds (0 before any clock fault)."""
+        path = self.clock_file(index)
+        return int(path.read_text().strip() or "0") if path.exists() else 0
+
+    def set_clock(self, index: int, total_s: int) -> None:
+        """Set node `index`'s clock offset to `total_s` (may be negative: BACK in time). Only
+        while the node is down: a running process's monotonic clock must not go back, so a
+        backward step is a restart with an earlier clock (like a host whose RTC was wrong)."""
+        assert self.clock_control, "start the cluster with clock_control=True"
+        assert not self.node(index).running(), "set_clock needs the node down"
+        path = self.clock_file(index)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{total_s:+d}\n")
+        tmp.replace(path)
+
     def start_all(self) -> None:
         for n in self.nodes:
             if not n.running():

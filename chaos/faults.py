@@ -27,6 +27,10 @@ Families (the CLI's ``--faults``) expand into concrete kinds:
     clock       clock-jump-leader, -one, -all: jump the node's wall AND monotonic clocks
                 forward by 1..CLOCK_JUMP_MAX_S (libfaketime; like a VM suspend). The offset
                 stays after the heal (clocks never go back): the node keeps a skewed clock.
+                clock-back-one, -leader: kill the node, set its clock 5..CLOCK_BACK_MAX_S
+                BEHIND its offset, restart it (its wall and monotonic clocks went back, like a
+                host booted with a wrong RTC); heal: kill, restore the offset, restart (a
+                forward step).
     power-loss  power-one, power-all (see chaos/README.md: needs the lazy FUSE file system)
     wipe-majority  destructive: stop all, erase a majority's data, start that majority; the
                 old minority returns at heal. The checker MUST report the run invalid.
@@ -55,7 +59,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
                   "partition-one-way", "partition-client", "partition-ring"),
     "corrupt": ("corrupt-minority", "corrupt-lagging"),
     "power-loss": ("power-one", "power-all"),
-    "clock": ("clock-jump-leader", "clock-jump-one", "clock-jump-all"),
+    "clock": ("clock-jump-leader", "clock-jump-one", "clock-jump-all", "clock-back-one",
+              "clock-back-leader"),
     "disk-full": ("disk-full-one", "disk-full-leader"),
     "network": ("network-lossy-one", "network-lossy-all", "network-slow-one",
                 "network-slow-leader"),
@@ -71,6 +76,8 @@ START_WATCH_S = 20.0
 LAG_WRITE_S = 2.0
 WIPE_WRITE_S = 3.0
 CLOCK_JUMP_MAX_S = 120
+CLOCK_BACK_MIN_S = 5
+CLOCK_BACK_MAX_S = 60
 LOSS_MIN = 0.05
 LOSS_MAX = 0.3
 SLOW_RATE_KBIT_MIN = 256
@@ -291,6 +298,8 @@ class Nemesis:
                 "damage": damage}
 
     async def _clock(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
+        if fault.kind.startswith("clock-back"):
+            return await self._clock_back(fault, rng)
         if fault.kind == "clock-jump-leader":
             idx = [await self._leader_or_random(rng)]
         elif fault.kind == "clock-jump-one":
@@ -302,6 +311,20 @@ class Nemesis:
             total = self.cluster.jump_clock(i, rng.randint(1, CLOCK_JUMP_MAX_S))
             offsets[self.cluster.node(i).node_id] = total
         return {"targets": self._ids(idx), "offsets_s": offsets}
+
+    async def _clock_back(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
+        idx = (await self._leader_or_random(rng) if fault.kind.endswith("leader")
+               else self._minority(rng, 1)[0])
+        before = self.cluster.clock_offset(idx)
+        back = rng.randint(CLOCK_BACK_MIN_S, CLOCK_BACK_MAX_S)
+        await self._restart_with_clock(idx, before - back)
+        return {"targets": self._ids([idx]), "offset_before_s": before,
+                "offset_s": before - back, "clock_restore": {str(idx): before}}
+
+    async def _restart_with_clock(self, idx: int, total_s: int) -> None:
+        await asyncio.to_thread(self.cluster.kill, idx)
+        self.cluster.set_clock(idx, total_s)
+        await asyncio.to_thread(self.cluster.start, idx)
 
     async def _power(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
         idx = self._minority(rng, 1) if fault.kind == "power-one" else list(range(1, self.n + 1))
@@ -371,6 +394,9 @@ class Nemesis:
         healed: dict[str, Any] = {}
         if fault.kind.startswith("disk-full"):
             healed.update(await self._heal_disk(info))
+        for i, offset in info.get("clock_restore", {}).items():
+            await self._restart_with_clock(int(i), offset)
+            healed["offset_s"] = offset
         if fault.kind.startswith(("partition", "network")):
             await asyncio.to_thread(self.net.heal)
         for i in info.get("resume", []):

@@ -104,3 +104,37 @@ def test_without_root_the_harness_says_why(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(shutil, "which", lambda tool: None)
     assert "iproute2" in (unavailable_reason() or "")
+
+
+def test_clock_set_back_starts_a_process_in_the_past(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from chaos.cluster import Cluster, faketime_lib
+    from chaos.netns import Network
+
+    if faketime_lib() is None:
+        pytest.skip("clock faults need libfaketime (Debian package faketime)")
+    cluster = Cluster(Network(1), tmp_path, clock_control=True)  # no namespaces are created
+    assert cluster.clock_offset(1) == 0
+    cluster.set_clock(1, -40)
+    assert cluster.clock_offset(1) == -40
+    probe = ("import time; t = time.time(); m = time.monotonic(); time.sleep(0.2); "
+             "print(t, time.monotonic() - m)")
+    env = {**os.environ, **cluster._clock_env(cluster.node(1))}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, text=True, check=True,
+                         capture_output=True, timeout=30).stdout.split()
+    assert -43 < float(out[0]) - time.time() < -37  # 40 s in the past; sleep still works
+    assert 0.15 < float(out[1]) < 5  # its monotonic clock still runs forward
+    cluster.set_clock(1, 0)
+    out = subprocess.run([sys.executable, "-c", probe], env=env, text=True, check=True,
+                         capture_output=True, timeout=30).stdout.split()
+    assert abs(float(out[0]) - time.time()) < 3
+
+
+def test_clock_back_family_and_schedule() -> None:
+    kinds = kinds_for(["clock"], 3)
+    assert {"clock-back-one", "clock-back-leader"} <= set(kinds)
+    assert {"network-lossy-one", "network-slow-leader"} <= set(kinds_for(["network"], 3))

@@ -76,12 +76,21 @@ def _check_depth(value: Any, depth: int, check_text: bool = False) -> None:
         for key, item in value.items():
             if check_text:
                 _check_text(key)
-            _check_depth(item, depth + 1, check_text)
+            if item.__class__ in _SCALARS:  # no call per scalar (a body is most of a message)
+                if check_text and item.__class__ is str:
+                    _check_text(item)
+                if depth >= JSON_DEPTH_MAX:
+                    _check_depth(item, depth + 1)
+            else:
+                _check_depth(item, depth + 1, check_text)
     elif isinstance(value, list):
         for item in value:
             _check_depth(item, depth + 1, check_text)
     elif check_text:
         _check_text(value)
+
+
+_SCALARS = frozenset((str, bytes, int, float, bool, type(None)))
 
 
 def _check_text(value: Any) -> None:

@@ -31,6 +31,10 @@ Families (the CLI's ``--faults``) expand into concrete kinds:
                 BEHIND its offset, restart it (its wall and monotonic clocks went back, like a
                 host booted with a wrong RTC); heal: kill, restore the offset, restart (a
                 forward step).
+    membership  membership-follower: DELETE /v1/cluster/members/{id} of a follower while the
+                workload runs, then kill it and wipe its data dir (docs/membership.md: a removed
+                node comes back empty). Heal: start it empty, wait for /healthz, POST it back
+                to /v1/cluster/members, wait until it is ready (caught up).
     power-loss  power-one, power-all (see chaos/README.md: needs the lazy FUSE file system)
     wipe-majority  destructive: stop all, erase a majority's data, start that majority; the
                 old minority returns at heal. The checker MUST report the run invalid.
@@ -47,7 +51,7 @@ from typing import Any
 
 from chaos import disk
 from chaos.client import Http
-from chaos.cluster import Cluster
+from chaos.cluster import HTTP_PORT, RAFT_PORT, Cluster
 from chaos.history import OK, History
 from chaos.lazyfs import LazyMounts
 from chaos.netns import CLIENT_ADDRESS, Network, node_address
@@ -64,6 +68,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "disk-full": ("disk-full-one", "disk-full-leader"),
     "network": ("network-lossy-one", "network-lossy-all", "network-slow-one",
                 "network-slow-leader"),
+    "membership": ("membership-follower",),
     "wipe-majority": ("wipe-majority",),
     "none": (),
 }
@@ -83,6 +88,10 @@ LOSS_MAX = 0.3
 SLOW_RATE_KBIT_MIN = 256
 SLOW_RATE_KBIT_MAX = 2048
 SLOW_LATENCY_MS = 400
+MEMBER_CHANGE_TIMEOUT_S = 40.0  # > the server's own 30 s change wait (docs/membership.md)
+MEMBER_READY_TIMEOUT_S = 40.0
+MEMBER_RETRY_S = 0.5
+MEMBER_DONE_CODES = {"DELETE": ("member_not_found",), "POST": ("already_exists",)}
 
 
 @dataclass(frozen=True)
@@ -181,7 +190,7 @@ class Nemesis:
         handler = {"kill": self._kill, "pause": self._pause, "partition": self._partition,
                    "corrupt": self._corrupt, "power": self._power, "wipe": self._wipe,
                    "clock": self._clock, "disk": self._disk_full,
-                   "network": self._network}[family]
+                   "network": self._network, "membership": self._membership}[family]
         details = await handler(fault, rng)
         self.active[fault.id] = {"fault": fault, **details}
         self.history.nemesis("start", {"id": fault.id, "fault": fault.kind, **details})
@@ -365,6 +374,66 @@ class Nemesis:
                 await asyncio.to_thread(self.net.lossy_from, to, src, probability)
         return {"targets": self._ids(lossy), "loss_probability": probability}
 
+    async def _membership(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
+        leader = await self.leader()
+        followers = [i for i in range(1, self.n + 1)
+                     if i != leader and self.cluster.node(i).running()]
+        if leader is None or not followers:
+            return {"targets": [], "skipped": "no leader or no running follower"}
+        idx = rng.choice(followers)
+        node = self.cluster.node(idx)
+        answer = await self._member_change("DELETE", leader, f"/v1/cluster/members/"
+                                           f"{node.node_id}", None)
+        if answer != "ok":
+            return {"targets": [node.node_id], "remove": answer}
+        await asyncio.to_thread(self.cluster.kill, idx)
+        await asyncio.to_thread(clear_dir, node.data_dir)
+        return {"targets": [node.node_id], "remove": answer, "readd": idx}
+
+    async def _readd(self, idx: int) -> dict[str, Any]:
+        """Start the wiped node, add it back through a member, wait until it has caught up."""
+        node = self.cluster.node(idx)
+        if not node.running():
+            await asyncio.to_thread(self.cluster.start, idx)
+        healthy = await self._wait_ok(f"{node.http_url}/healthz", MEMBER_READY_TIMEOUT_S)
+        via = next((i for i in range(1, self.n + 1)
+                    if i != idx and self.cluster.node(i).running()), idx)
+        body = {"id": node.node_id, "raft": f"{node.address}:{RAFT_PORT}",
+                "http": f"{node.address}:{HTTP_PORT}"}
+        answer = await self._member_change("POST", await self.leader() or via,
+                                           "/v1/cluster/members", body)
+        ready = await self._wait_ok(f"{node.http_url}/readyz", MEMBER_READY_TIMEOUT_S)
+        return {"healthy": healthy, "add": answer, "ready": ready}
+
+    async def _member_change(self, method: str, via: int, path: str,
+                             body: dict[str, str] | None) -> str:
+        """Retry a membership change until it is done: "ok", or the last error code."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MEMBER_CHANGE_TIMEOUT_S
+        targets = [via] + [i for i in range(1, self.n + 1) if i != via]
+        last = "timeout"
+        attempt = 0
+        while loop.time() < deadline:
+            node = self.cluster.node(targets[attempt % len(targets)])
+            attempt += 1
+            if node.running():
+                out = await self.http.call(method, f"{node.http_url}{path}", body,
+                                           timeout_s=MEMBER_CHANGE_TIMEOUT_S)
+                if out.type == OK or out.code in MEMBER_DONE_CODES[method]:
+                    return "ok"
+                last = str(out.code or out.status or out.body)
+            await asyncio.sleep(MEMBER_RETRY_S)
+        return last
+
+    async def _wait_ok(self, url: str, timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if (await self.http.call("GET", url, timeout_s=1.0)).type == OK:
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
     async def _disk_full(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
         if fault.kind == "disk-full-leader":
             idx = await self._leader_or_random(rng)
@@ -394,6 +463,8 @@ class Nemesis:
         healed: dict[str, Any] = {}
         if fault.kind.startswith("disk-full"):
             healed.update(await self._heal_disk(info))
+        if fault.kind.startswith("membership") and "readd" in info:
+            healed.update(await self._readd(info["readd"]))
         for i, offset in info.get("clock_restore", {}).items():
             await self._restart_with_clock(int(i), offset)
             healed["offset_s"] = offset

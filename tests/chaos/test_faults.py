@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +139,66 @@ def test_clock_back_family_and_schedule() -> None:
     kinds = kinds_for(["clock"], 3)
     assert {"clock-back-one", "clock-back-leader"} <= set(kinds)
     assert {"network-lossy-one", "network-slow-leader"} <= set(kinds_for(["network"], 3))
+
+
+class _StubNode:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.http_url = f"http://n{index}"
+
+    def running(self) -> bool:
+        return True
+
+
+class _StubCluster:
+    nodes = [_StubNode(1), _StubNode(2), _StubNode(3)]
+
+    def node(self, index: int) -> _StubNode:
+        return self.nodes[index - 1]
+
+
+class _StubHttp:
+    """Answers membership calls from a script of (type, code); records the URLs asked."""
+
+    def __init__(self, script: list[tuple[str, str | None]]) -> None:
+        self.script = script
+        self.urls: list[str] = []
+
+    async def call(self, method: str, url: str, body: object = None,
+                   timeout_s: float | None = None) -> object:
+        from chaos.client import Outcome
+
+        self.urls.append(url)
+        kind, code = self.script.pop(0) if self.script else ("fail", "unavailable")
+        return Outcome(kind, 200 if kind == "ok" else 409, {}, code)
+
+
+def _nemesis(script: list[tuple[str, str | None]]) -> tuple[Any, _StubHttp]:
+    from chaos.faults import Nemesis
+    from chaos.history import History
+
+    http = _StubHttp(script)
+    nem = Nemesis(_StubCluster(), None, http, History(), seed=1)  # type: ignore[arg-type]
+    return nem, http
+
+
+def test_member_change_retries_until_done_and_rotates_nodes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import chaos.faults as faults
+
+    monkeypatch.setattr(faults, "MEMBER_RETRY_S", 0.0)
+    nem, http = _nemesis([("fail", "membership_change_in_progress"), ("info", None),
+                          ("ok", None)])
+    assert asyncio.run(nem._member_change("POST", 2, "/v1/cluster/members", {})) == "ok"
+    assert http.urls == ["http://n2/v1/cluster/members", "http://n1/v1/cluster/members",
+                         "http://n3/v1/cluster/members"]
+    nem, http = _nemesis([("fail", "member_not_found")])  # an earlier attempt removed it
+    assert asyncio.run(nem._member_change("DELETE", 1, "/v1/cluster/members/n2", None)) == "ok"
+    monkeypatch.setattr(faults, "MEMBER_CHANGE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(faults, "MEMBER_RETRY_S", 0.01)
+    nem, http = _nemesis([])
+    assert asyncio.run(nem._member_change("DELETE", 1, "/v1/cluster/members/n2",
+                                          None)) == "unavailable"
+    assert len(http.urls) >= 2

@@ -14,7 +14,8 @@ from prometheus_client.registry import Collector
 from node import http_members
 from node.app import Handler, NodeContext, ctx
 from node.codec import respond
-from replication.hardening import durability_stats
+from replication.hardening import JOURNAL_FILE_NAME, durability_stats
+from replication.patches import journal_for
 
 REGISTRY = web.AppKey("raftmq_registry", CollectorRegistry)
 HTTP_DURATION = web.AppKey("raftmq_http_duration", Histogram)
@@ -198,10 +199,32 @@ async def timing_middleware(request: web.Request, handler: Handler) -> web.Strea
             time.perf_counter() - start)
 
 
+# 0.1 ms (a write cache) .. 1 s (a disk in trouble); fsync latency is in every write's latency.
+FSYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0)
+
+
+def observe_fsyncs(context: NodeContext, registry: CollectorRegistry) -> Histogram | None:
+    """raftmq_journal_fsync_seconds: every fdatasync of this node's Raft journal (observed on
+    the Raft thread through the journal's hook; prometheus-client histograms are thread-safe)."""
+    if context.data_dir is None:
+        return None
+    try:
+        journal = journal_for(str((context.data_dir / JOURNAL_FILE_NAME).resolve()))
+    except AssertionError:  # no hardened journal here (a test double)
+        return None
+    histogram = Histogram(
+        "raftmq_journal_fsync_seconds", "Raft journal fdatasync latency",
+        registry=registry, buckets=FSYNC_BUCKETS_S)
+    journal.on_fdatasync = histogram.observe
+    return histogram
+
+
 def setup_metrics(app: web.Application, context: NodeContext) -> None:
     registry = CollectorRegistry()
     registry.register(BrokerCollector(context))
     app[REGISTRY] = registry
+    observe_fsyncs(context, registry)
     app[HTTP_DURATION] = Histogram(
         "raftmq_http_request_duration_seconds", "HTTP request latency",
         ["route", "method", "status"], registry=registry,

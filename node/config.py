@@ -2,7 +2,7 @@
 
 ```toml
 cluster = "local-3"
-raft_secret = "..."          # optional: authenticates every Raft frame (HMAC); or raft_secret_file
+raft_secret = "..."          # optional: encrypts + authenticates Raft traffic; or raft_secret_file
 [[nodes]]
 id = "n1"
 raft = "127.0.0.1:8801"      # the node binds Raft exactly here
@@ -21,6 +21,11 @@ from pathlib import Path
 from typing import Any
 
 RAFT_SECRET_BYTES_MIN = 16
+# [limits] that the node's HTTP server applies itself; storage.limits.Limits holds the broker's
+# (those reach the state machine, these never do). Same rules: positive integers, checked at
+# start by node/server.py limits_from.
+CONNECTIONS_MAX_DEFAULT = 1024  # open HTTP connections per node; past it: closed at accept
+NODE_LIMIT_DEFAULTS: dict[str, int] = {"connections_max": CONNECTIONS_MAX_DEFAULT}
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 ADDR_RE = re.compile(r"^(?P<host>[A-Za-z0-9_.:\[\]-]+):(?P<port>\d{1,5})$")
 
@@ -54,6 +59,12 @@ class ClusterConfig:
     @property
     def scheme(self) -> str:
         return "https" if self.tls_cert_file else "http"
+
+    def node_limit(self, name: str) -> int:
+        """A node-level [limits] value (NODE_LIMIT_DEFAULTS), validated by limits_from."""
+        value = self.limits.get(name, NODE_LIMIT_DEFAULTS[name])
+        assert isinstance(value, int) and value > 0, f"[limits] {name} was not validated"
+        return value
 
     def node(self, node_id: str) -> NodeSpec:
         for spec in self.nodes:

@@ -1,10 +1,13 @@
-"""Node resource limits: memory high-watermark, requests and long polls in flight, slow bodies."""
+"""Node resource limits: memory high-watermark, requests and long polls in flight, slow bodies,
+connections per node, and what aiohttp's HTTP parser refuses (answered in API.md's shape)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
+import urllib.error
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +19,9 @@ TIGHT = """
 memory_high_watermark_bytes = 1
 long_polls_max = 1
 request_read_timeout_s = 1.0
+connections_max = 8
 """
+CONNECTIONS_MAX = 8
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +66,103 @@ def test_a_slow_body_is_cut_off_with_408(tight: Cluster) -> None:
         assert time.monotonic() - start < 8
     assert b" 408 " in answer.split(b"\r\n")[0], answer[:200]
     assert b"request_read_timeout_s" in answer
+
+
+# -- connections_max ------------------------------------------------------------------------------
+def keepalive_get(sock: socket.socket, path: str = "/healthz") -> bytes:
+    """One keep-alive request on an open connection; the status line of the answer."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer.split(b"\r\n")[0]
+
+
+def refused(port: int) -> bool:
+    """The node closes a new connection at once, before any answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        try:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            return s.recv(4096) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+
+
+def test_connections_past_connections_max_are_closed_at_accept(tight: Cluster) -> None:
+    node = tight.nodes[0]
+    held = [socket.create_connection(("127.0.0.1", node.http_port), timeout=10)
+            for _ in range(CONNECTIONS_MAX)]
+    try:
+        for sock in held:
+            assert b" 200 " in keepalive_get(sock), "connections within the limit are served"
+        assert refused(node.http_port), "connection number connections_max + 1 must be closed"
+        try:
+            status = http("GET", f"{node.url}/healthz", timeout_s=10).status
+        except (urllib.error.URLError, ConnectionError) as exc:
+            status = -1
+            print("client error past the limit:", exc)
+        assert status == -1, "an ordinary client is refused too"
+        assert all(b" 200 " in keepalive_get(sock) for sock in held), "held ones keep working"
+    finally:
+        for sock in held:
+            sock.close()
+    wait_until(lambda: http("GET", f"{node.url}/healthz", timeout_s=5).status == 200,
+               what="clients to be served again once connections closed")
+    assert not refused(node.http_port), "a fresh connection is served, not closed"
+
+
+# -- what aiohttp's parser refuses ----------------------------------------------------------------
+RAW_REFUSED = {
+    "bad request line": b"GET\x00 / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "not HTTP": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n",
+    "request line too long": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "header too long": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000
+    + b"\r\n\r\n",
+    "too many headers": b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    + b"".join(b"X-H%d: v\r\n" % i for i in range(300)) + b"\r\n",
+    "bad chunk size": b"POST /v1/queues/q/messages HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    "chunked and content-length": b"POST /v1/queues/q/messages HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "bad header name": b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n",
+}
+
+
+def raw_exchange(port: int, data: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Send raw bytes; return (status line, headers, body) of the node's whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = {k.decode().lower(): v.decode().strip()
+               for k, _, v in (line.partition(b":") for line in lines)}
+    return status, headers, body
+
+
+@pytest.mark.parametrize("case", sorted(RAW_REFUSED))
+def test_requests_the_http_parser_refuses_get_the_json_error_shape(
+    tight: Cluster, case: str
+) -> None:
+    node = tight.nodes[1]
+    status, headers, body = raw_exchange(node.http_port, RAW_REFUSED[case])
+    assert status.split(b" ")[1] == b"400", (case, status, body[:200])
+    assert headers["content-type"].startswith("application/json"), (case, headers)
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_request" and error["retryable"] is False, error
+    assert "malformed HTTP request" in error["message"], error
+    assert headers.get("x-raftmq-node") == node.id
+    assert http("GET", f"{node.url}/healthz").status == 200, "the node keeps serving"
+
+
+def test_parser_refusal_never_echoes_header_bytes(tight: Cluster) -> None:
+    secret = "tok-" + "s" * 40
+    data = (f"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\x01\r\n"
+            f"X-Big: {'b' * 9000}\r\n\r\n").encode()
+    status, _, body = raw_exchange(tight.nodes[2].http_port, data)
+    assert b" 400 " in status and secret.encode() not in body

@@ -14,7 +14,8 @@ topics = "orders.*"
 ```
 Roles: `admin` (everything), `producer` (publish to queues and topics, register producers),
 `consumer` (receive, ack, nack, visibility, streams, read topics, commit offsets). Every
-role may read the cluster status and the info of the queues and topics its globs allow.
+role may read the cluster status and the info of the queues and topics its globs allow; the
+lists GET /v1/queues and /v1/topics show only those names (`visible`).
 Missing or unknown token -> 401 `unauthorized`; known but not allowed -> 403 `forbidden`.
 Tokens are compared in constant time and never logged. /healthz, /readyz, the API
 documents and the console's page and files (no data: it asks for a token) stay open;
@@ -100,6 +101,10 @@ class Token:
             return False
         if kind is None or name is None:
             return True
+        return self.sees(kind, name)
+
+    def sees(self, kind: str, name: str) -> bool:
+        """The name is within this token's globs for its kind ("queue" or "topic")."""
         globs = self.queues if kind == "queue" else self.topics
         return any(fnmatch.fnmatchcase(name, g) for g in globs)
 
@@ -213,3 +218,12 @@ def check_txn(request: web.Request, acks: list[str], publishes: list[tuple[str, 
     for kind, name in publishes:
         if not token.may("publish", kind, name):
             raise BrokerError("forbidden", f"this token may not publish on {kind} {name!r}")
+
+
+def visible(request: web.Request, kind: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries of a list (GET /v1/queues, /v1/topics) whose names the request's token
+    may see: those within its globs for `kind`. Without authentication: every entry."""
+    token: Token | None = request.get(TOKEN)
+    if token is None:
+        return items
+    return [item for item in items if token.sees(kind, item["name"])]

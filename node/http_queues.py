@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from node import auth
 from node.app import NodeContext, ctx, set_stream_headers
 from node.codec import decode_bodies, query_int, read_body, respond, sse_event
 from storage import validate
@@ -29,7 +30,7 @@ async def put_queue(request: web.Request) -> web.Response:
 
 async def list_queues(request: web.Request) -> web.Response:
     queues = await ctx(request).read_consistent(request, lambda s, now: s.list_queues(now))
-    return respond(request, {"queues": queues})
+    return respond(request, {"queues": auth.visible(request, "queue", queues)})
 
 
 async def get_queue(request: web.Request) -> web.Response:

@@ -38,7 +38,7 @@ async def put_topic(request: web.Request) -> web.Response:
 
 async def list_topics(request: web.Request) -> web.Response:
     found = await ctx(request).read_consistent(request, lambda s, now: s.topics.list_topics())
-    return respond(request, {"topics": found})
+    return respond(request, {"topics": auth.visible(request, "topic", found)})
 
 
 async def get_topic(request: web.Request) -> web.Response:

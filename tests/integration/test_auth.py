@@ -15,6 +15,7 @@ PRODUCER = "producer-token-0123456789abcdef"
 CONSUMER = "consumer-token-0123456789abcdef"
 ORDERS_ONLY = "orders-only-token-0123456789abcdef"
 BOTH = "both-roles-token-0123456789abcdef"
+NARROW = "narrow-token-0123456789abcdef"
 
 TOKENS = f"""
 [[tokens]]
@@ -33,6 +34,11 @@ queues = "orders*"
 [[tokens]]
 token = "{BOTH}"
 role = ["producer", "consumer"]
+[[tokens]]
+token = "{NARROW}"
+role = "consumer"
+queues = ["orders-eu", "inv*"]
+topics = "orders.*"
 """
 
 
@@ -100,3 +106,25 @@ def test_console_page_opens_and_its_api_calls_need_a_token(secured: Cluster) -> 
     assert call(secured, "GET", "/ui/console.js", None).status == 200
     assert call(secured, "GET", "/v1/cluster", None).status == 401
     assert call(secured, "GET", "/v1/cluster", CONSUMER).status == 200
+
+
+def names(c: Cluster, kind: str, token: str) -> set[str]:
+    r = call(c, "GET", f"/v1/{kind}", token)
+    assert r.status == 200, r.body
+    return {entry["name"] for entry in r.body[kind]}
+
+
+def test_lists_show_only_the_names_a_token_may_see(secured: Cluster) -> None:
+    for queue in ("orders-eu", "orders-us", "invoices", "hr-salaries"):
+        call(secured, "PUT", f"/v1/queues/{queue}", ADMIN)
+    for topic in ("orders.created", "hr.reviews"):
+        call(secured, "PUT", f"/v1/topics/{topic}", ADMIN)
+    every_queue, every_topic = names(secured, "queues", ADMIN), names(secured, "topics", ADMIN)
+    assert {"orders-eu", "orders-us", "invoices", "hr-salaries"} <= every_queue
+    assert {"orders.created", "hr.reviews"} <= every_topic
+    assert names(secured, "queues", NARROW) == {"orders-eu", "invoices"}
+    assert names(secured, "topics", NARROW) == {"orders.created"}
+    assert names(secured, "queues", ORDERS_ONLY) == {q for q in every_queue
+                                                     if q.startswith("orders")}
+    assert names(secured, "topics", ORDERS_ONLY) == every_topic, "no topic globs: every topic"
+    assert names(secured, "queues", CONSUMER) == every_queue

@@ -3,11 +3,17 @@
 Each node runs as `ip netns exec <ns> raftmq node --config FILE --id nI --data-dir DIR` in its
 own session (process group), so `kill -9` reaches the node and anything it forks. Every
 process is signalled by its own PID / process group, never by name.
+
+Nodes run from a copy of the code taken at the first start (`freeze_code`, PYTHONPATH): a
+source edit during a run must never reach a node restarted mid-run, or replicas replay one log
+with two versions of apply() and diverge (seed 18, docs/reliability.md finding 5).
 """
 
 from __future__ import annotations
 
+import compileall
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
@@ -27,6 +33,9 @@ FAKETIME_CACHE_S = 1  # libfaketime re-reads the offset file at most this often
 RAFT_PORT = 7801
 HTTP_PORT = 8701
 STOP_WAIT_S = 10.0
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+FROZEN_PACKAGES = ("node", "raftmq", "replication", "storage")  # what a node process imports
+_NOT_CODE = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
 def faketime_lib() -> str | None:
@@ -41,6 +50,22 @@ def default_node_cmd() -> list[str]:
         return [str(beside), "node"]
     found = shutil.which("raftmq")
     return [found, "node"] if found else [sys.executable, "-m", "node.cli", "node"]
+
+
+def freeze_code(dest: Path, root: Path = PROJECT_ROOT,
+                packages: tuple[str, ...] = FROZEN_PACKAGES) -> str:
+    """Copy the packages a node imports into `dest` (compiled once); return their sha256.
+
+    The fingerprint covers every copied file's path and bytes, so two runs with the same
+    fingerprint ran the same node code."""
+    assert packages and not dest.exists(), dest
+    digest = hashlib.sha256()
+    for name in packages:
+        shutil.copytree(root / name, dest / name, ignore=_NOT_CODE)
+    for path in sorted(p for p in dest.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(dest)).encode() + b"\0" + path.read_bytes())
+    compileall.compile_dir(dest, quiet=1)  # once here, not by every node at once
+    return digest.hexdigest()
 
 
 @dataclass
@@ -73,6 +98,8 @@ class Cluster:
     nodes: list[NodeProc] = field(default_factory=list)
     config_path: Path = Path()
     clock_control: bool = False  # preload libfaketime so each node's wall clock can be moved
+    freeze: bool = True  # run nodes from a copy of the code taken at the first start
+    code_fingerprint: str = ""  # sha256 of that copy ("" until frozen, or when not frozen)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -106,16 +133,31 @@ class Cluster:
         n.data_dir.mkdir(parents=True, exist_ok=True)
         if n.log_fh is None:
             n.log_fh = n.log_path.open("ab")
-        n.log_fh.write(f"\n==== chaos: start #{n.starts + 1} at {time.time():.3f}\n".encode())
+        code_env = self._frozen_code_env()
+        n.log_fh.write(f"\n==== chaos: start #{n.starts + 1} at {time.time():.3f} "
+                       f"code={self.code_fingerprint[:16] or 'live'}\n".encode())
         n.log_fh.flush()
         argv = [*self.net.exec_prefix(index), *self.node_cmd, "--config", str(self.config_path),
                 "--id", n.node_id, "--data-dir", str(n.data_dir)]
-        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1", **self._clock_env(n)}
+        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1", **code_env,
+               **self._clock_env(n)}
         n.proc = subprocess.Popen(argv, stdout=n.log_fh, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         n.starts += 1
         n.paused = False
         n.killed = False
+
+    def _frozen_code_env(self) -> dict[str, str]:
+        """PYTHONPATH to the run's code copy (made at the first start); {} when not frozen."""
+        if not self.freeze:
+            return {}
+        code = self.workdir / "code"
+        if not self.code_fingerprint:
+            shutil.rmtree(code, ignore_errors=True)
+            self.code_fingerprint = freeze_code(code)
+            (self.workdir / "code-fingerprint").write_text(self.code_fingerprint + "\n")
+        inherited = os.environ.get("PYTHONPATH")
+        return {"PYTHONPATH": f"{code}{os.pathsep}{inherited}" if inherited else str(code)}
 
     def clock_file(self, index: int) -> Path:
         return self.workdir / f"clock-offset-n{index}"

@@ -6,6 +6,7 @@ message body never crosses in clear."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pickle
 import socket
@@ -125,10 +126,8 @@ class Proxy:
 
     def close(self) -> None:
         for sock in self.socks:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked in recv/accept
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):  # wakes the threads blocked in recv/accept
+                sock.shutdown(socket.SHUT_RDWR)
             sock.close()
         for thread in self.threads:
             thread.join(TIMEOUT_S)

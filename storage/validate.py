@@ -203,6 +203,8 @@ def publish_messages_wire(value: Any, limits: Limits = DEFAULT_LIMITS,
     if type(value) is list and 0 < len(value) <= limits.batch_messages_max:
         bodies = [_plain_body(m, limits) for m in value]
         if None not in bodies:
+            if all(b is m["body"] for b, m in zip(bodies, value, strict=True)):
+                return value  # msgpack bodies: the messages already are their wire form
             return [{"body": b} for b in bodies]
     return [wire_form(m) for m in publish_messages(value, limits, field)]
 

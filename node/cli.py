@@ -17,6 +17,10 @@ USAGE = """usage: raftmq <command> ...
   cluster add-node --url URL --id ID --raft H:P --http H:P       add a (started) node
   cluster remove-node --url URL --id ID                          remove a node
   node --config FILE --id ID [--data-dir DIR]                    run one node of a cluster
+  backup --url URL -o FILE                                       download a snapshot (backup)
+  restore --snapshot FILE --config F (--id ID | --all) --data-dir DIR
+  restore --snapshot FILE --cluster-up DIR [--nodes N] [--base-port P]
+                                                                 seed a NEW cluster from it
   status | queue | topic | publish | receive | producer | dlq    client commands (--help)
   bench                                                          benchmarks (--help)
 """
@@ -38,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         from node import cluster_cli
 
         return cluster_cli.main(rest)
+    if command in ("backup", "restore"):
+        from node import cluster_cli
+
+        return cluster_cli.backup_main(rest) if command == "backup" else \
+            cluster_cli.restore_main(rest)
     if command == "bench":
         from raftmq import bench
 

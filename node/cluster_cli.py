@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import http.client
 import os
 import secrets
 import signal
@@ -199,3 +200,151 @@ def stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# -- backup and restore (docs/deploy.md section 5) ------------------------------------------------
+BACKUP_TIMEOUT_S_DEFAULT = 300.0  # the node encodes the whole state before the first byte
+BACKUP_CHUNK_BYTES = 1 << 20
+NOOP_COMMAND = b"\x01"  # pysyncobj's _COMMAND_TYPE.NO_OP entry (the log around a seed)
+
+
+class RestoreError(Exception):
+    """A snapshot file or a target data dir that a restore must not use; says which and why."""
+
+
+def backup_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="raftmq backup", description="Download a consistent snapshot of a cluster's state.")
+    parser.add_argument("--url", default=os.environ.get("RAFTMQ_URL"),
+                        help="any node's HTTP URL (default $RAFTMQ_URL)")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="snapshot file to write")
+    parser.add_argument("--token", default=os.environ.get("RAFTMQ_TOKEN"),
+                        help="an admin token when authentication is on (default $RAFTMQ_TOKEN)")
+    parser.add_argument("--consistency", default="linearizable",
+                        choices=["local", "linearizable"],
+                        help="linearizable (default): every write acknowledged before is in it")
+    parser.add_argument("--timeout", type=float, default=BACKUP_TIMEOUT_S_DEFAULT)
+    opts = parser.parse_args(argv)
+    if not opts.url:
+        parser.error("--url (or $RAFTMQ_URL) is required")
+    url = f"{opts.url.split(',')[0].rstrip('/')}/v1/cluster/snapshot?consistency={opts.consistency}"
+    try:
+        index, term, size = download(url, opts.output, opts.token, opts.timeout)
+    except (RestoreError, OSError) as exc:
+        print(f"raftmq backup: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {opts.output}: {size} bytes, state at applied index {index} (term {term})")
+    return 0
+
+
+def download(url: str, output: Path, token: str | None, timeout_s: float) -> tuple[str, str, int]:
+    """GET the snapshot into output.tmp, check length and checksum, fsync, rename."""
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    context = ssl._create_unverified_context() if url.startswith("https:") else None
+    tmp = output.with_name(output.name + ".tmp")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s, context=context) as resp, \
+                open(tmp, "wb") as f:
+            while chunk := resp.read(BACKUP_CHUNK_BYTES):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+            index, term = resp.headers["X-Raftmq-Index"], resp.headers["X-Raftmq-Term"]
+    except urllib.error.HTTPError as exc:
+        raise RestoreError(f"{url}: HTTP {exc.code}: {exc.read()[:300]!r}") from None
+    except (urllib.error.URLError, http.client.HTTPException) as exc:
+        tmp.unlink(missing_ok=True)
+        raise RestoreError(f"{url}: {exc}") from None
+    try:
+        state_bytes(tmp)  # the checksum and the format, before it may replace a good backup
+    except RestoreError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, output)
+    return index, term, output.stat().st_size
+
+
+def state_bytes(path: Path) -> bytes:
+    """The backup's state, checked (magic, version, crc32, decodable), with the old cluster's
+    membership table cleared: the new cluster's members come from its own cluster file."""
+    from storage.snapshot import SnapshotError
+    from storage.state import BrokerState
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RestoreError(f"cannot read {path}: {exc}") from None
+    try:
+        state = BrokerState.decode_snapshot(data)
+    except SnapshotError as exc:
+        raise RestoreError(f"{path} is not a usable raftmq snapshot: {exc}") from None
+    state.members = {}
+    state.member_change = None
+    return state.encode_snapshot()
+
+
+def seed_data_dir(state: bytes, data_dir: Path, raft_addrs: list[str]) -> Path:
+    """Write the node's Raft snapshot file (replication/snapshots.py format) holding `state`
+    at log index 2, term 0, with the new cluster's members; the node loads it at start."""
+    from replication.hardening import JOURNAL_FILE_NAME, SNAPSHOT_FILE_NAME
+    from replication.snapshots import SnapshotFile, verify_snapshot_file, write_snapshot_file
+
+    assert raft_addrs and len(set(raft_addrs)) == len(raft_addrs), raft_addrs
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise RestoreError(f"{data_dir} is not empty: a restore seeds a NEW node (files "
+                           f"{JOURNAL_FILE_NAME}, {SNAPSHOT_FILE_NAME} of another run would mix "
+                           "two histories); use an empty directory")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / SNAPSHOT_FILE_NAME
+    snap = SnapshotFile(last=(NOOP_COMMAND, 2, 0), prev=(NOOP_COMMAND, 1, 0),
+                        cluster=sorted(raft_addrs), state=state)
+    write_snapshot_file(path, snap)
+    verify_snapshot_file(path)
+    return path
+
+
+def restore_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="raftmq restore",
+        description="Seed a NEW cluster's data directories from a `raftmq backup` snapshot.")
+    parser.add_argument("--snapshot", required=True, type=Path, help="the backup file")
+    parser.add_argument("--config", type=Path, help="the new cluster's file (TOML)")
+    parser.add_argument("--id", help="seed this node's --data-dir (run it on every host)")
+    parser.add_argument("--all", action="store_true",
+                        help="seed every node of --config under --data-dir/<id>")
+    parser.add_argument("--data-dir", type=Path, help="the node's data dir (with --all: the root)")
+    parser.add_argument("--cluster-up", type=Path, metavar="DIR",
+                        help="seed a `raftmq cluster up --data-dir DIR` layout (writes its "
+                        "cluster file); start it with the same --nodes/--base-port")
+    parser.add_argument("--nodes", type=int, default=3, help="with --cluster-up")
+    parser.add_argument("--base-port", type=int, default=BASE_PORT_DEFAULT,
+                        help="with --cluster-up")
+    opts = parser.parse_args(argv)
+    try:
+        targets = restore_targets(parser, opts)
+        state = state_bytes(opts.snapshot)
+        raft_addrs = [spec.raft for spec, _ in targets]
+        for spec, data_dir in targets:
+            seed_data_dir(state, data_dir, raft_addrs)
+            print(f"seeded {spec.id}: {data_dir}")
+    except (RestoreError, config.ConfigError) as exc:
+        print(f"raftmq restore: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def restore_targets(parser: argparse.ArgumentParser,
+                    opts: argparse.Namespace) -> list[tuple[NodeSpec, Path]]:
+    if opts.cluster_up is not None:
+        if not 1 <= opts.nodes <= NODES_MAX:
+            parser.error(f"--nodes must be 1..{NODES_MAX}")
+        cluster = config.load(prepare(opts.cluster_up, opts.nodes, opts.base_port))
+        return [(spec, opts.cluster_up / spec.id) for spec in cluster.nodes]
+    if opts.config is None or opts.data_dir is None or (opts.id is None) == (not opts.all):
+        parser.error("give --config and --data-dir with --id ID or --all (or --cluster-up DIR)")
+    cluster = config.load(opts.config)
+    if opts.all:
+        return [(spec, opts.data_dir / spec.id) for spec in cluster.nodes]
+    return [(cluster.node(opts.id), opts.data_dir)]

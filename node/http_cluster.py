@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,11 +15,14 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from node import http_members
-from node.app import Handler, NodeContext, ctx
+from node.app import Handler, NodeContext, ctx, set_stream_headers
 from node.codec import respond
 from replication.hardening import JOURNAL_FILE_NAME, durability_stats
 from replication.patches import journal_for
+from replication.replica import EXPORT_LENGTH, SnapshotExport
+from storage.errors import BrokerError
 
+log = logging.getLogger("raftmq.node")
 REGISTRY = web.AppKey("raftmq_registry", CollectorRegistry)
 HTTP_DURATION = web.AppKey("raftmq_http_duration", Histogram)
 
@@ -35,6 +41,78 @@ async def get_cluster(request: web.Request) -> web.Response:
         "term": status.term, "commit_index": status.commit_index,
         "applied_index": status.applied_index, "role": status.role, "members": members,
     })
+
+
+SNAPSHOT_CHUNK_BYTES = 1 << 20  # read from the export pipe and written to the client per step
+SNAPSHOT_CONTENT_TYPE = "application/vnd.raftmq.snapshot"
+
+
+async def get_snapshot(request: web.Request) -> web.StreamResponse:
+    """GET /v1/cluster/snapshot: this node's state as of one applied index, in the storage
+    snapshot format (magic, version, crc32); `raftmq restore` seeds a new cluster from it.
+    `?consistency=linearizable` first puts a no-op through the log (then the snapshot holds
+    every write acknowledged before the request)."""
+    context = ctx(request)
+    level = request.query.get("consistency", "local")
+    if level not in ("local", "leader", "linearizable"):
+        raise BrokerError("invalid_request", "consistency: must be local, leader or linearizable")
+    if level != "local":
+        await context.replica.barrier(timeout_s=context.propose_timeout_s)
+    export = context.replica.export_snapshot()
+    try:
+        return await _stream_export(request, context, export)
+    finally:
+        await context.replica.finish_export(export)
+
+
+async def _read(fd: int, size: int) -> bytes:
+    return await asyncio.to_thread(os.read, fd, size)
+
+
+async def _read_exact(fd: int, size: int) -> bytes:
+    out = b""
+    while len(out) < size:
+        chunk = await _read(fd, min(size - len(out), SNAPSHOT_CHUNK_BYTES))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+async def _stream_export(request: web.Request, context: NodeContext,
+                         export: SnapshotExport) -> web.StreamResponse:
+    head = await _read_exact(export.fd, EXPORT_LENGTH.size)
+    if len(head) != EXPORT_LENGTH.size:
+        raise BrokerError("internal_error", "the snapshot could not be encoded (see node log)")
+    (length,) = EXPORT_LENGTH.unpack(head)
+    name = f"raftmq-{context.cluster.name}-{export.applied_index}.snapshot"
+    response = web.StreamResponse(headers={
+        "Content-Type": SNAPSHOT_CONTENT_TYPE, "Content-Length": str(length),
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "X-Raftmq-Index": str(export.applied_index), "X-Raftmq-Term": str(export.term)})
+    set_stream_headers(request, response)
+    await response.prepare(request)
+    sent = 0
+    try:
+        while sent < length:
+            chunk = await _read(export.fd, min(SNAPSHOT_CHUNK_BYTES, length - sent))
+            if not chunk:
+                break
+            await response.write(chunk)
+            sent += len(chunk)
+    except ConnectionError:  # the client went away: the finally of the caller reaps the child
+        log.info("event=snapshot_download_aborted index=%d sent=%d", export.applied_index, sent)
+        return response
+    if sent < length:  # the child died: cut the connection, Content-Length shows it is short
+        log.warning("event=snapshot_export_failed index=%d sent=%d of %d",
+                    export.applied_index, sent, length)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    log.info("event=snapshot_downloaded index=%d term=%d bytes=%d", export.applied_index,
+             export.term, length)
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -234,6 +312,7 @@ def setup_metrics(app: web.Application, context: NodeContext) -> None:
 def setup(app: web.Application) -> None:
     r = app.router
     r.add_get("/v1/cluster", get_cluster)
+    r.add_get("/v1/cluster/snapshot", get_snapshot)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)

@@ -60,6 +60,9 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, int, list[str]]] = [
     ("GET", "/v1/openapi.json", "This document", None, 200, []),
     ("GET", "/docs", "This document, rendered", None, 200, []),
     ("GET", "/v1/cluster", "Cluster name, leader, term, indexes, members", None, 200, []),
+    ("GET", "/v1/cluster/snapshot", "Download a consistent snapshot of the state (backup; "
+     "headers X-Raftmq-Index, X-Raftmq-Term; `raftmq restore` seeds a new cluster)", None, 200,
+     ["consistency"]),
     ("POST", "/v1/cluster/members", "Add a voting member (one change at a time, via Raft)",
      obj(id={"type": "string"}, raft={"type": "string", "description": "host:port"},
          http={"type": "string", "description": "host:port"}), 201, []),

@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 
 from storage.snapshot import decode_payload
+from tests.integration.test_auth import ADMIN, TOKENS
+from tests.integration.test_auth import CONSUMER as CONSUMER_TOKEN
+from tests.integration.test_auth import PRODUCER as PRODUCER_TOKEN
 from tests.support.cluster import REPO, Cluster, http, running_cluster, wait_until
 
 PRODUCER = "backup-producer"
@@ -159,3 +162,20 @@ def test_backup_headers_and_a_corrupt_file_is_refused(shared_cluster: Cluster,
 def test_backup_refuses_a_bad_consistency(shared_cluster: Cluster, level: str) -> None:
     r = http("GET", f"{shared_cluster.nodes[0].url}/v1/cluster/snapshot?consistency={level}")
     assert r.status == 400 and r.body["error"]["code"] == "invalid_request"
+
+
+def test_backup_needs_an_admin_token_when_authentication_is_on(tmp_path: Path) -> None:
+    (tmp_path / "tokens.toml").write_text(TOKENS)
+    with running_cluster(tmp_path, size=1, extra_config='auth_file = "tokens.toml"',
+                         token=ADMIN) as c:
+        url = c.nodes[0].url
+        for token, status in ((None, 401), (PRODUCER_TOKEN, 403), (CONSUMER_TOKEN, 403)):
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            r = http("GET", f"{url}/v1/cluster/snapshot", headers=headers)
+            assert r.status == status, (token, r.status)
+        out = tmp_path / "b.snapshot"
+        assert cli("backup", "--url", url, "-o", str(out)).returncode == 1  # no token
+        assert not out.exists()
+        done = cli("backup", "--url", url, "-o", str(out), "--token", ADMIN)
+        assert done.returncode == 0, done.stderr
+        decode_payload(out.read_bytes())

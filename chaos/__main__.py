@@ -12,7 +12,7 @@ from typing import Any
 
 from chaos.faults import FAMILIES
 from chaos.netns import NetnsUnavailable
-from chaos.runner import RunConfig, run, summary_line
+from chaos.runner import WORKLOADS, RunConfig, run, summary_line
 from chaos.summary import load_reports, markdown
 from chaos.workload import WorkloadConfig
 
@@ -25,7 +25,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--faults", default=DEFAULT_FAULTS,
                    help="comma list of families (" + ",".join(FAMILIES) + ") or kinds "
                         "(e.g. kill-leader)")
-    p.add_argument("--workload", default="queue", choices=("queue", "topic", "mixed"))
+    p.add_argument("--workload", default="queue", choices=WORKLOADS,
+                   help="queue, topic, txn (consume-transform-produce) or mixed")
     p.add_argument("--producers", type=int, default=4)
     p.add_argument("--consumers", type=int, default=4)
     p.add_argument("--drain-timeout", type=float, default=90.0,

@@ -442,7 +442,7 @@ def _check_stale_reads(ops: list[Op], found: Anomalies) -> None:
 # ---------------------------------------------------------------------------------------------
 # availability
 
-WRITE_FS = ("publish", "topic-publish")
+WRITE_FS = ("publish", "topic-publish", "txn-in-publish", "txn")
 
 
 def availability(ops: list[Op]) -> dict[str, Any]:
@@ -500,3 +500,124 @@ def _outcome_counts(ops: list[Op]) -> dict[str, dict[str, int]]:
         if op["process"] != NEMESIS and op["type"] != INVOKE:
             counts[op["f"]][op["type"]] += 1
     return dict(counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# transactions (chaos/txn.py: consume-transform-produce)
+
+TXN_CLASSES = (
+    "lost_input",  # an acked input never produced an output (never consumed exactly once)
+    "lost_output",  # a transaction answered ok, but an output of it was never delivered
+    "duplicated_output",  # one input's outputs came from two transactions, or one output twice
+    "aborted_output",  # an output of a transaction that definitely failed was delivered
+    "unexpected_output",  # an output no transaction attempted (or not for that input)
+    "unexpected_input",  # an input delivered that was never published (or definitely failed)
+    "not_redelivered",  # an input of an aborted transaction was never delivered again
+    "not_drained",  # the input or output queue was not empty on every node at the end
+)
+
+
+@dataclass
+class TxnFacts:
+    in_attempts: dict[str, int]
+    in_fails: dict[str, int]
+    in_acked: set[str]
+    deliveries: dict[str, list[tuple[str, int]]]  # input -> [(receipt, complete_ns)]
+    txns: dict[str, dict[str, Any]]  # txn id -> inputs, receipts, outputs, attempts
+    outputs: dict[str, set[str]]  # output body -> message ids
+
+
+def _txn_facts(ops: list[Op]) -> TxnFacts:
+    facts = TxnFacts({}, {}, set(), defaultdict(list), {}, defaultdict(set))
+    for inv, comp in pairs(ops):
+        kind = comp["type"] if comp is not None else INFO
+        if inv["f"] == "txn-in-publish":
+            for v in inv["value"]["values"]:
+                facts.in_attempts[v] = facts.in_attempts.get(v, 0) + 1
+                facts.in_fails[v] = facts.in_fails.get(v, 0) + (kind == FAIL)
+            if kind == OK:
+                facts.in_acked.update(inv["value"]["values"])
+        elif inv["f"] == "txn":
+            txn = facts.txns.setdefault(inv["value"]["txn"], {**inv["value"], "attempts": []})
+            txn["attempts"].append(kind)
+        elif inv["f"] in ("txn-receive", "txn-out-receive") and kind == OK:
+            assert comp is not None
+            for m in comp["value"]["messages"]:
+                if inv["f"] == "txn-receive":
+                    facts.deliveries[str(m["value"])].append((str(m["receipt"]),
+                                                              comp["time_ns"]))
+                else:
+                    facts.outputs[str(m["value"])].add(str(m["id"]))
+    return facts
+
+
+def txn_status(attempts: list[str]) -> str:
+    """committed (some attempt ok), aborted (every attempt definitely failed) or unknown."""
+    if OK in attempts:
+        return "committed"
+    return "aborted" if attempts and all(a == FAIL for a in attempts) else "unknown"
+
+
+def check_txn(ops: list[Op]) -> dict[str, Any]:
+    from chaos.txn import parse_output  # the output format belongs to the workload
+
+    facts = _txn_facts(ops)
+    found = Anomalies(TXN_CLASSES)
+    txn_of_input: dict[str, set[str]] = defaultdict(set)
+    for body in sorted(facts.outputs):
+        parsed = parse_output(body)
+        txn = facts.txns.get(parsed[1]) if parsed else None
+        if parsed is None or txn is None or parsed[0] not in txn["inputs"]:
+            found.add("unexpected_output", body)
+            continue
+        txn_of_input[parsed[0]].add(parsed[1])
+        if txn_status(txn["attempts"]) == "aborted":
+            found.add("aborted_output", {"output": body, "attempts": txn["attempts"]})
+        if len(facts.outputs[body]) > 1:
+            found.add("duplicated_output", {"output": body, "ids": sorted(facts.outputs[body])})
+    for v in sorted(txn_of_input):
+        if len(txn_of_input[v]) > 1:
+            found.add("duplicated_output", {"input": v, "txns": sorted(txn_of_input[v])})
+    _check_txn_inputs(facts, txn_of_input, found)
+    for note in final_notes(ops, "txn_drained"):
+        if not note:
+            found.add("not_drained", {"queues": "chaos-in / chaos-out"})
+    stats = {"inputs_acked": len(facts.in_acked), "txns": len(facts.txns),
+             "committed": sum(txn_status(t["attempts"]) == "committed"
+                              for t in facts.txns.values()),
+             "aborted": sum(txn_status(t["attempts"]) == "aborted"
+                            for t in facts.txns.values()),
+             "forced_aborts": sum(bool(t.get("forced")) for t in facts.txns.values()),
+             "outputs": len(facts.outputs)}
+    return {"valid": found.valid(), "anomalies": found.summary(), "stats": stats}
+
+
+def _check_txn_inputs(facts: TxnFacts, txn_of_input: dict[str, set[str]],
+                      found: Anomalies) -> None:
+    for v in sorted(facts.deliveries):
+        if v not in facts.in_attempts or (v not in facts.in_acked
+                                          and facts.in_fails[v] == facts.in_attempts[v]):
+            found.add("unexpected_input", v)
+    for v in sorted(facts.in_acked):
+        if v not in txn_of_input:
+            found.add("lost_input", v)
+    for txn_id in sorted(facts.txns):
+        txn = facts.txns[txn_id]
+        status = txn_status(txn["attempts"])
+        if status == "committed":
+            missing = [o for o in txn["outputs"] if o not in facts.outputs]
+            if missing:
+                found.add("lost_output", {"txn": txn_id, "missing": missing})
+        elif status == "aborted":
+            _check_redelivered(facts, txn_id, txn, found)
+
+
+def _check_redelivered(facts: TxnFacts, txn_id: str, txn: dict[str, Any],
+                       found: Anomalies) -> None:
+    """Each input of an aborted transaction is delivered again after the delivery it used."""
+    for v, receipt in zip(txn["inputs"], txn["receipts"], strict=True):
+        used = [t for r, t in facts.deliveries.get(v, []) if r == receipt]
+        later = [t for r, t in facts.deliveries.get(v, []) if r != receipt
+                 and (not used or t > used[0])]
+        if not later:
+            found.add("not_redelivered", {"txn": txn_id, "input": v, "receipt": receipt})

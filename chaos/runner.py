@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chaos import disk, report
-from chaos.checker import availability, check_queue, check_topic
+from chaos.checker import availability, check_queue, check_topic, check_txn
 from chaos.client import Http
 from chaos.cluster import Cluster, default_node_cmd, faketime_lib
 from chaos.faults import Fault, Nemesis, schedule
@@ -22,12 +22,15 @@ from chaos.lazyfs import LazyMounts
 from chaos.lazyfs import unavailable_reason as lazyfs_unavailable
 from chaos.netns import NetnsUnavailable, Network, cleanup_orphans, enter_netns, unavailable_reason
 from chaos.topics import TopicWorkload
+from chaos.txn import TxnWorkload
 from chaos.workload import Target, Workload, WorkloadConfig
 
 READY_TIMEOUT_S = 60.0
 SETUP_TIMEOUT_S = 30.0
 SETTLE_TIMEOUT_S = 30.0
 WORKLOAD_STOP_TIMEOUT_S = 15.0
+WORKLOADS = ("queue", "topic", "txn", "mixed")
+TXN_WORKLOADS = ("txn",)  # workloads that run the transaction workload
 T = TypeVar("T")
 
 
@@ -114,6 +117,8 @@ async def _main(cfg: RunConfig, cluster: Cluster, net: Network, history: History
         targets = [Target(n.node_id, n.http_url) for n in cluster.nodes]
         wl = Workload(http, history, targets, cfg.wl, cfg.seed)
         tw = TopicWorkload(http, history, targets, cfg.seed)
+        xw = TxnWorkload(http, history, targets, cfg.seed,
+                         drain_timeout_s=cfg.wl.drain_timeout_s)
         nemesis = Nemesis(cluster, net, http, history, cfg.seed, lazyfs=mounts, disks=disks)
         phases: dict[str, Any] = {}
         phases["ready_s"] = await wait_ready(http, targets, READY_TIMEOUT_S)
@@ -122,17 +127,25 @@ async def _main(cfg: RunConfig, cluster: Cluster, net: Network, history: History
             return phases
         queues = cfg.workload in ("queue", "mixed")
         topics = cfg.workload in ("topic", "mixed")
+        txns = cfg.workload in TXN_WORKLOADS
         if queues and not await _create_queue(wl, targets):
             phases["error"] = "could not create the queue"
             return phases
         if topics and not await tw.setup():
             phases["error"] = "could not create the topic (does the server have topics?)"
             return phases
-        await _exercise(cfg, wl if queues else None, tw if topics else None, nemesis, faults)
+        if txns and not await xw.setup():
+            phases["error"] = "could not create the transaction queues"
+            return phases
+        await _exercise(cfg, wl if queues else None, tw if topics else None, nemesis, faults,
+                        xw if txns else None)
         await nemesis.heal_all()
         phases["ready_after_heal_s"] = await wait_ready(http, targets, READY_TIMEOUT_S)
         t_drain = time.monotonic()
         phases["drained"] = await wl.drain() if queues else True
+        if txns:
+            phases["txn_drained"] = await xw.drain()
+            phases["drained"] = phases["drained"] and phases["txn_drained"]
         phases["drain_s"] = round(time.monotonic() - t_drain, 2)
         if queues:
             await wl.final_state(settle_timeout_s=min(SETTLE_TIMEOUT_S, cfg.wl.drain_timeout_s))
@@ -145,8 +158,12 @@ async def _main(cfg: RunConfig, cluster: Cluster, net: Network, history: History
 
 
 async def _exercise(cfg: RunConfig, wl: Workload | None, tw: TopicWorkload | None,
-                    nemesis: Nemesis, faults: list[Fault]) -> None:
+                    nemesis: Nemesis, faults: list[Fault], xw: TxnWorkload | None) -> None:
     tasks = []
+    if xw is not None:
+        tasks += [asyncio.create_task(xw.feeder(i)) for i in range(xw.feeders)]
+        tasks += [asyncio.create_task(xw.transformer(i)) for i in range(xw.transformers)]
+        tasks += [asyncio.create_task(xw.reader(i)) for i in range(xw.readers)]
     if wl is not None:
         tasks += [asyncio.create_task(wl.producer(i)) for i in range(cfg.wl.producers)]
         tasks += [asyncio.create_task(wl.consumer(i)) for i in range(cfg.wl.consumers)]
@@ -159,7 +176,7 @@ async def _exercise(cfg: RunConfig, wl: Workload | None, tw: TopicWorkload | Non
         await nemesis.run(faults, t0)
         await asyncio.sleep(max(0.0, t0 + cfg.duration_s - loop.time()))
     finally:
-        for w in (wl, tw):
+        for w in (wl, tw, xw):
             if w is not None:
                 w.stop.set()
         _done, pending = await asyncio.wait(tasks, timeout=WORKLOAD_STOP_TIMEOUT_S)
@@ -196,12 +213,15 @@ def _judge(cfg: RunConfig, history: History, faults: list[Fault], phases: dict[s
            started: float) -> dict[str, Any]:
     queue = check_queue(history.ops)
     topic = check_topic(history.ops)
+    txn = check_txn(history.ops)
     avail = availability(history.ops)
     setup_ok = "error" not in phases and bool(phases.get("drained"))
-    valid = setup_ok and queue["valid"] and topic["valid"]
+    valid = setup_ok and queue["valid"] and topic["valid"] and txn["valid"]
     counts = {c: a["count"] for c, a in queue["anomalies"].items()}
     if cfg.workload in ("topic", "mixed"):
         counts.update({f"topic.{c}": a["count"] for c, a in topic["anomalies"].items()})
+    if cfg.workload in TXN_WORKLOADS:
+        counts.update({f"txn.{c}": a["count"] for c, a in txn["anomalies"].items()})
     return {
         "valid": valid,
         "seed": cfg.seed,
@@ -216,6 +236,7 @@ def _judge(cfg: RunConfig, history: History, faults: list[Fault], phases: dict[s
         "ops": len(history.ops),
         "queue": queue,
         "topic": topic,
+        "txn": txn,
         "availability": avail,
         "anomaly_counts": counts,
     }

@@ -87,6 +87,35 @@ class H:
         return self.call("g1", "group-read", {"topic": "t", "group": "g"}, OK,
                          {"partitions": [{"partition": 0, "committed": offset}]})
 
+    # transactions (chaos/txn.py) --------------------------------------------------------
+    def xpublish(self, values: list[str], type_: str = OK) -> H:
+        return self.call("x1", "txn-in-publish", {"values": values, "producer": "px",
+                                                   "seq": 0}, type_, {})
+
+    def xreceive(self, msgs: list[tuple[str, str]]) -> H:
+        """msgs: (input value, receipt)."""
+        out = [{"value": v, "id": f"id-{v}", "receipt": r, "receive_count": 1}
+               for v, r in msgs]
+        return self.call("t1", "txn-receive", {"queue": "chaos-in"}, OK, {"messages": out})
+
+    def txn(self, txn_id: str, inputs: list[str], receipts: list[str], type_: str = OK,
+            outputs: list[str] | None = None) -> H:
+        from chaos.txn import output_body
+
+        outs = outputs if outputs is not None else [output_body(v, txn_id) for v in inputs]
+        return self.call("t1", "txn", {"txn": txn_id, "inputs": inputs, "receipts": receipts,
+                                       "outputs": outs, "forced": False}, type_, {})
+
+    def xout(self, bodies: list[str], ids: list[str] | None = None) -> H:
+        msgs = [{"value": b, "id": (ids or [f"out-{b}" for b in bodies])[i], "receipt": "q",
+                 "receive_count": 1} for i, b in enumerate(bodies)]
+        return self.call("o1", "txn-out-receive", {"queue": "chaos-out"}, OK,
+                         {"messages": msgs})
+
+    def xdrained(self, drained: bool = True) -> H:
+        self._op(NEMESIS, INFO, "note", {"txn_drained": drained}, None)
+        return self
+
     def nemesis(self, f: str, fid: int, fault: str = "kill") -> H:
         self._op(NEMESIS, INFO, f, {"id": fid, "fault": fault, "targets": ["n1"]}, None)
         return self

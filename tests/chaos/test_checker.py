@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from chaos.checker import QUEUE_CLASSES, TOPIC_CLASSES, availability, check_queue, check_topic
+from chaos.checker import (
+    QUEUE_CLASSES,
+    TOPIC_CLASSES,
+    TXN_CLASSES,
+    availability,
+    check_queue,
+    check_topic,
+    check_txn,
+)
 from tests.chaos.histories import FAIL, INFO, H
 
 CLEAN = {"ready": 0, "in_flight": 0, "delayed": 0, "published_total": 2, "acked_total": 2}
@@ -300,4 +308,96 @@ def test_every_class_has_a_test() -> None:
     for cls in set(QUEUE_CLASSES) | set(TOPIC_CLASSES):
         if cls in ("lost", "unexpected", "aborted_read", "duplicated", "divergent"):
             continue  # shared names, tested for both
+        assert f'"{cls}"' in source, cls
+
+
+# ---- transactions (consume-transform-produce) --------------------------------------------
+
+
+def ob(v: str, txn: str) -> str:
+    from chaos.txn import output_body
+
+    return output_body(v, txn)
+
+
+def clean_txn() -> H:
+    """a and b published; a consumed by T1, b by T2 (after an abort T0 and a redelivery)."""
+    h = H().xpublish(["a", "b"]).xreceive([("a", "ra1"), ("b", "rb1")])
+    h.txn("T0", ["b"], ["rb1"], type_=FAIL)  # aborted: b must come back
+    h.txn("T1", ["a"], ["ra1"])
+    h.xreceive([("b", "rb2")]).txn("T2", ["b"], ["rb2"], type_=INFO).txn("T2", ["b"], ["rb2"])
+    return h.xout([ob("a", "T1"), ob("b", "T2")]).xdrained()
+
+
+def test_txn_clean_run_is_valid() -> None:
+    result = check_txn(clean_txn().ops)
+    valid(result)
+    assert result["stats"]["committed"] == 2 and result["stats"]["aborted"] == 1
+
+
+def test_txn_lost_input_never_consumed() -> None:
+    h = H().xpublish(["a", "b"]).xreceive([("a", "ra1")]).txn("T1", ["a"], ["ra1"])
+    h.xout([ob("a", "T1")]).xdrained()
+    only(check_txn(h.ops), "lost_input")
+    h = H().xpublish(["a", "b"], type_=INFO).xreceive([("a", "ra1")]).txn("T1", ["a"], ["ra1"])
+    valid(check_txn(h.xout([ob("a", "T1")]).xdrained().ops))  # b's publish may not exist
+
+
+def test_txn_lost_output_of_a_committed_transaction() -> None:
+    h = H().xpublish(["a"]).xreceive([("a", "ra1")]).txn("T1", ["a", "zz"], ["ra1", "rz"])
+    h.xout([ob("a", "T1")]).xdrained()
+    only(check_txn(h.ops), "lost_output")
+
+
+def test_txn_duplicated_output_one_input_two_transactions() -> None:
+    h = H().xpublish(["a"]).xreceive([("a", "ra1")]).txn("T1", ["a"], ["ra1"], type_=INFO)
+    h.xreceive([("a", "ra2")]).txn("T2", ["a"], ["ra2"])
+    valid(check_txn(h.xout([ob("a", "T2")]).xdrained().ops))  # T1 did not commit: fine
+    h.xout([ob("a", "T1")])  # ... but it did: a was consumed twice
+    only(check_txn(h.ops), "duplicated_output")
+
+
+def test_txn_duplicated_output_one_output_stored_twice() -> None:
+    h = H().xpublish(["a"]).xreceive([("a", "ra1")]).txn("T1", ["a"], ["ra1"])
+    h.xout([ob("a", "T1")], ids=["m1"]).xout([ob("a", "T1")], ids=["m2"]).xdrained()
+    only(check_txn(h.ops), "duplicated_output")
+
+
+def test_txn_output_of_an_aborted_transaction() -> None:
+    h = H().xpublish(["a"]).xreceive([("a", "ra1")]).txn("T0", ["a"], ["ra1"], type_=FAIL)
+    h.xreceive([("a", "ra2")]).txn("T1", ["a"], ["ra2"])
+    valid(check_txn(h.xout([ob("a", "T1")]).xdrained().ops))
+    h.xout([ob("a", "T0")])
+    result = check_txn(h.ops)
+    assert result["anomalies"]["aborted_output"]["count"] == 1
+    assert result["valid"] is False
+
+
+def test_txn_unexpected_output_and_input() -> None:
+    h = clean_txn().xout([ob("a", "T9")])
+    only(check_txn(h.ops), "unexpected_output")
+    h = clean_txn().xout(["garbage"])
+    only(check_txn(h.ops), "unexpected_output")
+    h = clean_txn().xreceive([("zz", "rz")])
+    only(check_txn(h.ops), "unexpected_input")
+
+
+def test_txn_aborted_input_not_redelivered() -> None:
+    h = H().xpublish(["a"]).xreceive([("a", "ra1")]).txn("T0", ["a"], ["ra1"], type_=FAIL)
+    h.txn("T1", ["a"], ["ra1"])  # the abort acked a after all: no new delivery before T1
+    only(check_txn(h.xout([ob("a", "T1")]).xdrained().ops), "not_redelivered")
+
+
+def test_txn_not_drained() -> None:
+    h = H().xpublish(["a"]).xreceive([("a", "ra1")]).txn("T1", ["a"], ["ra1"])
+    valid(check_txn(h.xout([ob("a", "T1")]).xdrained().ops))
+    only(check_txn(h.xdrained(False).ops), "not_drained")
+
+
+def test_txn_every_class_has_a_failing_test() -> None:
+    import inspect
+    import sys
+
+    source = inspect.getsource(sys.modules[__name__])
+    for cls in TXN_CLASSES:
         assert f'"{cls}"' in source, cls

@@ -130,12 +130,15 @@ def receipt_of(msg: Msg) -> str:
     return f"{msg.id}.{msg.delivery}"
 
 
+RECEIPT_CHARS_MAX = 64  # a receipt longer than this names nothing
+
+
 def parse_receipt(receipt: Any) -> tuple[int, int] | None:
     """(message id, delivery no) of a receipt in its one canonical spelling, else None (stale).
 
     Only ASCII digits without leading zeros: str.isdigit() also accepts '¹', which int()
     refuses, and '01.1' must not name the same delivery as '1.1'."""
-    if not isinstance(receipt, str) or len(receipt) > 64 or not receipt.isascii():
+    if not isinstance(receipt, str) or len(receipt) > RECEIPT_CHARS_MAX or not receipt.isascii():
         return None
     mid, sep, delivery = receipt.partition(".")
     if not sep or not _canonical_number(mid) or not _canonical_number(delivery):
@@ -425,12 +428,18 @@ class Queue:
         return out
 
     def current(self, receipt: Any) -> Msg | None:
-        """The in-flight message this receipt names, if it is still that message's delivery."""
-        parsed = parse_receipt(receipt)
-        if parsed is None:
+        """The in-flight message this receipt names, if it is still that message's delivery.
+
+        Same answers as parse_receipt + lookup, at half the cost (an ack is one call per
+        message on every node): the receipt must equal the message's receipt exactly, which
+        is canonical by construction."""
+        if not isinstance(receipt, str) or len(receipt) > RECEIPT_CHARS_MAX:
             return None
-        msg = self.msgs.get(parsed[0])
-        if msg is None or msg.state != INFLIGHT or msg.delivery != parsed[1]:
+        mid, sep, _ = receipt.partition(".")
+        if not sep or not mid.isascii() or not mid.isdigit():
+            return None
+        msg = self.msgs.get(int(mid))
+        if msg is None or msg.state != INFLIGHT or receipt != f"{msg.id}.{msg.delivery}":
             return None
         return msg
 

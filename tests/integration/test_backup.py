@@ -16,6 +16,7 @@ from storage.snapshot import decode_payload
 from tests.integration.test_auth import ADMIN, TOKENS
 from tests.integration.test_auth import CONSUMER as CONSUMER_TOKEN
 from tests.integration.test_auth import PRODUCER as PRODUCER_TOKEN
+from tests.integration.test_cluster_up import Up, call, free_base_port
 from tests.support.cluster import REPO, Cluster, http, running_cluster, wait_until
 
 PRODUCER = "backup-producer"
@@ -121,8 +122,13 @@ def assert_restored(new: Cluster, before: dict[str, Any]) -> None:
     expected = sorted([f"m{i}" for i in range(10) if f"m{i}" != before["acked"]]
                       + ["p0", "p1", "p2", "p3"])
     got: list[str] = []
-    wait_until(lambda: got.extend(drain(url)) or sorted(got) == expected, 30,
-               what=f"the restored messages {expected}, got {sorted(got)}")
+
+    def all_received() -> bool:
+        got.extend(drain(url))
+        return sorted(got) == expected
+
+    wait_until(all_received, 30, what=f"the restored messages {expected}")
+    assert sorted(got) == expected
     members = http("GET", f"{url}/v1/cluster").body["members"]
     assert sorted(m["id"] for m in members) == ["n1", "n2", "n3"]  # the new file's, not old
 
@@ -179,3 +185,26 @@ def test_backup_needs_an_admin_token_when_authentication_is_on(tmp_path: Path) -
         done = cli("backup", "--url", url, "-o", str(out), "--token", ADMIN)
         assert done.returncode == 0, done.stderr
         decode_payload(out.read_bytes())
+
+
+def test_restore_into_a_cluster_up_layout(shared_cluster: Cluster, tmp_path: Path) -> None:
+    url = shared_cluster.nodes[0].url
+    assert http("PUT", f"{url}/v1/queues/cu").status == 201
+    assert http("POST", f"{url}/v1/queues/cu/messages",
+                {"messages": [{"body": "a"}, {"body": "b"}]}).status == 201
+    backup = tmp_path / "cu.snapshot"
+    assert cli("backup", "--url", url, "-o", str(backup)).returncode == 0
+    base = free_base_port()
+    root = tmp_path / "up"
+    done = cli("restore", "--snapshot", str(backup), "--cluster-up", str(root),
+               "--base-port", str(base))
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[1] for line in done.stdout.splitlines()] == ["n1:", "n2:", "n3:"]
+    up = Up(root, base)
+    try:
+        up.read_until("Ctrl-C")
+        got = call(f"http://127.0.0.1:{base + 2}/v1/queues/cu/receive", "POST",
+                   {"max_messages": 10})
+        assert sorted(m["body"] for m in got["messages"]) == ["a", "b"]
+    finally:
+        assert up.stop() == 0

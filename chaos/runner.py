@@ -30,7 +30,7 @@ SETUP_TIMEOUT_S = 30.0
 SETTLE_TIMEOUT_S = 30.0
 WORKLOAD_STOP_TIMEOUT_S = 15.0
 WORKLOADS = ("queue", "topic", "txn", "mixed")
-TXN_WORKLOADS = ("txn",)  # workloads that run the transaction workload
+TXN_WORKLOADS = ("txn", "mixed")  # workloads that run the transaction workload
 T = TypeVar("T")
 
 

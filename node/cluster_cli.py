@@ -245,25 +245,39 @@ def download(url: str, output: Path, token: str | None, timeout_s: float) -> tup
     context = ssl._create_unverified_context() if url.startswith("https:") else None
     tmp = output.with_name(output.name + ".tmp")
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s, context=context) as resp, \
-                open(tmp, "wb") as f:
-            while chunk := resp.read(BACKUP_CHUNK_BYTES):
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-            index, term = resp.headers["X-Raftmq-Index"], resp.headers["X-Raftmq-Term"]
+        index, term = _fetch(req, tmp, timeout_s, context)
     except urllib.error.HTTPError as exc:
         raise RestoreError(f"{url}: HTTP {exc.code}: {exc.read()[:300]!r}") from None
-    except (urllib.error.URLError, http.client.HTTPException) as exc:
-        tmp.unlink(missing_ok=True)
-        raise RestoreError(f"{url}: {exc}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, RestoreError) as exc:
+        raise RestoreError(f"{url}: {exc!s}; nothing written") from None
     try:
         state_bytes(tmp)  # the checksum and the format, before it may replace a good backup
-    except RestoreError:
+    except RestoreError as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        raise RestoreError(f"{url}: refused the download, nothing written: {exc}") from None
     os.replace(tmp, output)
     return index, term, output.stat().st_size
+
+
+def _fetch(req: urllib.request.Request, tmp: Path, timeout_s: float,
+           context: ssl.SSLContext | None) -> tuple[str, str]:
+    """Stream the answer into tmp and fsync it; tmp is removed if anything fails."""
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s, context=context) as resp, \
+                open(tmp, "wb") as f:
+            got = 0
+            while chunk := resp.read(BACKUP_CHUNK_BYTES):
+                f.write(chunk)
+                got += len(chunk)
+            want = int(resp.headers.get("Content-Length", got))
+            if got != want:
+                raise RestoreError(f"short download: {got} of {want} bytes (connection cut)")
+            f.flush()
+            os.fsync(f.fileno())
+            return resp.headers["X-Raftmq-Index"], resp.headers["X-Raftmq-Term"]
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def state_bytes(path: Path) -> bytes:

@@ -25,7 +25,13 @@ RAFT_SECRET_BYTES_MIN = 16
 # (those reach the state machine, these never do). Same rules: positive integers, checked at
 # start by node/server.py limits_from.
 CONNECTIONS_MAX_DEFAULT = 1024  # open HTTP connections per node; past it: closed at accept
-NODE_LIMIT_DEFAULTS: dict[str, int] = {"connections_max": CONNECTIONS_MAX_DEFAULT}
+# seconds an idle keep-alive connection is kept; then closed, so idle sockets cannot hold
+# connections_max for long (aiohttp's own default is about an hour)
+IDLE_CONNECTION_TIMEOUT_S_DEFAULT = 75
+NODE_LIMIT_DEFAULTS: dict[str, int] = {
+    "connections_max": CONNECTIONS_MAX_DEFAULT,
+    "idle_connection_timeout_s": IDLE_CONNECTION_TIMEOUT_S_DEFAULT,
+}
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 ADDR_RE = re.compile(r"^(?P<host>[A-Za-z0-9_.:\[\]-]+):(?P<port>\d{1,5})$")
 

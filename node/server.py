@@ -211,7 +211,8 @@ async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path,
                           notifier=notifier, data_dir=data_dir)
     runner = NodeRunner(build_app(context, auth_config), access_log=None,
                         shutdown_timeout=SHUTDOWN_GRACE_S,
-                        connections_max=cluster.node_limit("connections_max"), node_id=spec.id)
+                        connections_max=cluster.node_limit("connections_max"), node_id=spec.id,
+                        keepalive_timeout=cluster.node_limit("idle_connection_timeout_s"))
     await runner.setup()
     host, port = split_addr(spec.http)
     site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls_context(cluster))

@@ -24,10 +24,12 @@ async def hello(request: web.Request) -> web.Response:
 
 
 @asynccontextmanager
-async def edge(connections_max: int) -> AsyncIterator[tuple[int, NodeServer]]:
+async def edge(connections_max: int, idle_timeout_s: float = 75.0
+               ) -> AsyncIterator[tuple[int, NodeServer]]:
     app = web.Application()
     app.router.add_get("/", hello)
-    runner = NodeRunner(app, access_log=None, connections_max=connections_max, node_id="n1")
+    runner = NodeRunner(app, access_log=None, connections_max=connections_max, node_id="n1",
+                        keepalive_timeout=idle_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -94,3 +96,31 @@ def test_connections_max_is_a_checked_limit() -> None:
             limits_from(ClusterConfig(name="t", nodes=NODES, limits={"connections_max": bad}))
     with pytest.raises(SystemExit, match="known: .*connections_max"):
         limits_from(ClusterConfig(name="t", nodes=NODES, limits={"connection_max": 5}))
+
+
+def test_an_idle_keep_alive_connection_is_closed_and_frees_its_place() -> None:
+    async def scenario() -> None:
+        async with edge(1, idle_timeout_s=0.5) as (port, server):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT_S)
+            assert head.startswith(b"HTTP/1.1 200") and b"keep-alive" not in head.lower()
+            # the server, not the client, ends the idle connection (EOF within the deadline)
+            rest = await asyncio.wait_for(reader.read(), TIMEOUT_S)
+            assert rest == b"ok"
+            writer.close()
+            deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+            while not (await get(port, [])).startswith(b"HTTP/1.1 200"):  # the place is free
+                assert asyncio.get_running_loop().time() < deadline, "never served again"
+                await asyncio.sleep(0.02)
+            assert server.connections_max == 1
+
+    asyncio.run(scenario())
+
+
+def test_idle_connection_timeout_is_a_checked_limit() -> None:
+    assert ClusterConfig(name="t", nodes=NODES).node_limit("idle_connection_timeout_s") == 75
+    for bad in (0, -5, "75"):
+        with pytest.raises(SystemExit, match="idle_connection_timeout_s"):
+            limits_from(ClusterConfig(name="t", nodes=NODES,
+                                      limits={"idle_connection_timeout_s": bad}))

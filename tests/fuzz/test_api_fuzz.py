@@ -5,10 +5,9 @@ never hang, every error in API.md's shape {"error": {"code", "message", "retryab
 registered in storage/errors.py (status and retryable as registered), and the cluster still
 publishes and receives afterwards with no handler crash in any node's log.
 
-One exception, documented in docs/security.md: input that aiohttp's HTTP parser itself refuses
-(a request line or header over 8190 bytes, too many headers, an unknown Content-Encoding) is
-answered 400 text/plain by aiohttp before any raftmq code runs. `send(..., protocol_ok=True)`
-accepts that answer only in the tests that aim at it.
+That includes input aiohttp's own HTTP parser refuses (a request line or header over 8190 bytes,
+too many headers, an unknown Content-Encoding): node/server.py answers it 400 `invalid_request`
+in the same JSON shape (docs/security.md section 6), so no exception is allowed here.
 
 `FUZZ_EXAMPLES` raises the number of generated requests (`make fuzz`).
 """
@@ -47,7 +46,6 @@ CONTENT_TYPES = ("application/json", "application/msgpack", "text/plain", "",
                  "application/x-www-form-urlencoded", "application/xml",
                  "multipart/form-data; boundary=x", "application/json; charset=utf-16",
                  "application/msgpack; charset=latin-1", "a/b/c;;;=", "\u00e9/\u00e9")
-PROTOCOL_STATUSES = (400, 413, 414, 431)
 CONCURRENT_WORKERS, CONCURRENT_MESSAGES = 6, 60
 PATH_SAMPLE_STEP = 7  # routes after the first of a parameter get every 7th hostile segment
 
@@ -70,7 +68,7 @@ class Route:
 # ----- sending and checking -----------------------------------------------------------------
 
 def send(port: int, method: str, path: str, body: bytes = b"",
-         headers: dict[str, str] | None = None, protocol_ok: bool = False) -> Answer:
+         headers: dict[str, str] | None = None) -> Answer:
     """One raw request (any bytes, any header); checks the answer against the contract."""
     conn = http_client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
     try:
@@ -90,19 +88,16 @@ def send(port: int, method: str, path: str, body: bytes = b"",
     finally:
         conn.close()
     answer = Answer(resp.status, ctype, data)
-    check_answer(answer, f"{method} {path[:120]}", protocol_ok, head=method == "HEAD")
+    check_answer(answer, f"{method} {path[:120]}", head=method == "HEAD")
     return answer
 
 
-def check_answer(answer: Answer, what: str, protocol_ok: bool = False, head: bool = False) -> None:
+def check_answer(answer: Answer, what: str, head: bool = False) -> None:
     status = answer.status
     if status < 400:
         return
     if head:  # a HEAD answer has no body to check
         assert status < 500, f"{what}: {status}"
-        return
-    if protocol_ok and answer.content_type.startswith("text/plain"):
-        assert status in PROTOCOL_STATUSES, f"{what}: {status} {answer.body[:200]!r}"
         return
     err = decode_error(answer, what)
     code = err.get("code")
@@ -354,7 +349,7 @@ def test_bad_content_encoding_is_400_not_500(fz: Cluster) -> None:
                   {"Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert answer.status == 413
     send(port, "POST", f"/v1/queues/{QUEUE}/messages", body,
-         {"Content-Type": "application/json", "Content-Encoding": "br"}, protocol_ok=True)
+         {"Content-Type": "application/json", "Content-Encoding": "br"})
 
 
 def hostile_segments() -> list[str]:
@@ -412,8 +407,8 @@ def test_wrong_methods_and_unknown_paths(fz: Cluster, routes: list[Route]) -> No
 
 
 def test_huge_and_strange_headers(fz: Cluster) -> None:
-    """Header floods and oversized values: aiohttp's parser refuses them (400 text/plain) or
-    the node answers in the contract; never a 5xx or a hang."""
+    """Header floods and oversized values: aiohttp's parser refuses them (400
+    invalid_request, JSON) or the node answers in the contract; never a 5xx or a hang."""
     port = fz.nodes[0].http_port
     path = f"/v1/queues/{QUEUE}/messages"
     body = b'{"messages": [{"body": "x"}]}'
@@ -427,7 +422,7 @@ def test_huge_and_strange_headers(fz: Cluster) -> None:
         {"Accept": "application/msgpack;q=0.1, " * 300},
     ]
     for headers in floods:
-        send(port, "POST", path, body, {**json_ct, **headers}, protocol_ok=True)
+        send(port, "POST", path, body, {**json_ct, **headers})
     odd = [
         {"Authorization": "Bearer \udcff\udcfe"},  # raw 0xff 0xfe bytes on the wire
         {"X-Request-Id": "\udcff" * 10},
@@ -439,7 +434,7 @@ def test_huge_and_strange_headers(fz: Cluster) -> None:
         {"Transfer-Encoding": "identity"},
     ]
     for headers in odd:
-        send(port, "POST", path, body, {**json_ct, **headers}, protocol_ok=True)
+        send(port, "POST", path, body, {**json_ct, **headers})
 
 
 def test_valid_traffic_is_unharmed_by_concurrent_garbage(fz: Cluster,
@@ -533,6 +528,7 @@ def test_the_answer_checker_rejects_contract_violations() -> None:
         with pytest.raises(AssertionError):
             check_answer(answer, "synthetic")
     check_answer(Answer(503, json_ct, err("no_leader", True)), "synthetic")
-    check_answer(Answer(400, "text/plain", b"Too many headers"), "synthetic", protocol_ok=True)
+    with pytest.raises(AssertionError):  # parser refusals too must be in the JSON shape
+        check_answer(Answer(400, "text/plain", b"Too many headers"), "synthetic")
     assert crash_records("2026-01-01 00:00:00,000 level=ERROR raftmq.node event=handler_crash\n"
                          "Traceback (most recent call last):\n")

@@ -299,17 +299,20 @@ def state_bytes(path: Path) -> bytes:
     return state.encode_snapshot()
 
 
+def check_empty(data_dir: Path) -> None:
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise RestoreError(f"{data_dir} is not empty: a restore seeds a NEW node (the files of "
+                           "another run would mix two histories); use an empty directory")
+
+
 def seed_data_dir(state: bytes, data_dir: Path, raft_addrs: list[str]) -> Path:
     """Write the node's Raft snapshot file (replication/snapshots.py format) holding `state`
     at log index 2, term 0, with the new cluster's members; the node loads it at start."""
-    from replication.hardening import JOURNAL_FILE_NAME, SNAPSHOT_FILE_NAME
+    from replication.hardening import SNAPSHOT_FILE_NAME
     from replication.snapshots import SnapshotFile, verify_snapshot_file, write_snapshot_file
 
     assert raft_addrs and len(set(raft_addrs)) == len(raft_addrs), raft_addrs
-    if data_dir.exists() and any(data_dir.iterdir()):
-        raise RestoreError(f"{data_dir} is not empty: a restore seeds a NEW node (files "
-                           f"{JOURNAL_FILE_NAME}, {SNAPSHOT_FILE_NAME} of another run would mix "
-                           "two histories); use an empty directory")
+    check_empty(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / SNAPSHOT_FILE_NAME
     snap = SnapshotFile(last=(NOOP_COMMAND, 2, 0), prev=(NOOP_COMMAND, 1, 0),
@@ -336,10 +339,17 @@ def restore_main(argv: list[str]) -> int:
     parser.add_argument("--base-port", type=int, default=BASE_PORT_DEFAULT,
                         help="with --cluster-up")
     opts = parser.parse_args(argv)
+    if opts.cluster_up is not None and not 1 <= opts.nodes <= NODES_MAX:
+        parser.error(f"--nodes must be 1..{NODES_MAX}")
+    if opts.cluster_up is None and (opts.config is None or opts.data_dir is None
+                                    or (opts.id is None) == (not opts.all)):
+        parser.error("give --config and --data-dir with --id ID or --all (or --cluster-up DIR)")
     try:
-        targets = restore_targets(parser, opts)
-        state = state_bytes(opts.snapshot)
+        state = state_bytes(opts.snapshot)  # checked before anything is written
+        targets = restore_targets(opts)
         raft_addrs = [spec.raft for spec, _ in targets]
+        for _, data_dir in targets:  # all or none: check every target before writing one
+            check_empty(data_dir)
         for spec, data_dir in targets:
             seed_data_dir(state, data_dir, raft_addrs)
             print(f"seeded {spec.id}: {data_dir}")
@@ -349,15 +359,11 @@ def restore_main(argv: list[str]) -> int:
     return 0
 
 
-def restore_targets(parser: argparse.ArgumentParser,
-                    opts: argparse.Namespace) -> list[tuple[NodeSpec, Path]]:
+def restore_targets(opts: argparse.Namespace) -> list[tuple[NodeSpec, Path]]:
+    """(node, data dir) to seed; with --cluster-up, writes that layout's cluster file first."""
     if opts.cluster_up is not None:
-        if not 1 <= opts.nodes <= NODES_MAX:
-            parser.error(f"--nodes must be 1..{NODES_MAX}")
         cluster = config.load(prepare(opts.cluster_up, opts.nodes, opts.base_port))
         return [(spec, opts.cluster_up / spec.id) for spec in cluster.nodes]
-    if opts.config is None or opts.data_dir is None or (opts.id is None) == (not opts.all):
-        parser.error("give --config and --data-dir with --id ID or --all (or --cluster-up DIR)")
     cluster = config.load(opts.config)
     if opts.all:
         return [(spec, opts.data_dir / spec.id) for spec in cluster.nodes]

@@ -70,6 +70,27 @@ def test_fault_run_loses_nothing(tmp_path: Path, faults: str, seed: int, duratio
     assert (tmp_path / "report.html").read_text().count("<rect") >= len(windows)
 
 
+def test_disk_full_and_membership_with_transactions_lose_nothing(tmp_path: Path) -> None:
+    """A node whose disk fills up must stop acking (it exits) and come back once space is freed;
+    a follower removed, wiped and added back under load; every transaction exactly once."""
+    rc, report = run_chaos(tmp_path, "--duration", "24", "--faults", "disk-full,membership",
+                           "--workload", "mixed", "--seed", "7")
+    assert bad_classes(report) == {}, json.dumps(report["anomaly_counts"])
+    assert rc == 0 and report["valid"] is True
+    assert report["phases"].get("txn_drained") is True, report["phases"]
+    assert report["txn"]["stats"]["committed"] >= 20  # the transaction workload really ran
+    assert report["txn"]["stats"]["aborted"] >= 1  # and some aborts had to be redelivered
+    stops = {op["value"]["fault"]: op["value"] for op in map(json.loads, (
+        tmp_path / "history.jsonl").read_text().splitlines())
+        if op["process"] == "nemesis" and op["f"] == "stop"}
+    assert set(stops) == {"disk-full-one", "membership-follower"}
+    assert list(stops["disk-full-one"]["exit_codes"].values()) == [75]  # refused to go on
+    assert set(stops["disk-full-one"]["restarts"].values()) == {"ready"}
+    assert stops["membership-follower"]["add"] == "ok"
+    assert stops["membership-follower"]["ready"] is True
+    assert report["topic"]["stats"]["final_nodes"] == ["n1", "n2", "n3"]
+
+
 def test_wipe_majority_is_reported_invalid(tmp_path: Path) -> None:
     rc, report = run_chaos(tmp_path, "--duration", "20", "--faults", "wipe-majority",
                            "--seed", "3", "--drain-timeout", "15")

@@ -45,6 +45,7 @@ async def get_cluster(request: web.Request) -> web.Response:
 
 SNAPSHOT_CHUNK_BYTES = 1 << 20  # read from the export pipe and written to the client per step
 SNAPSHOT_CONTENT_TYPE = "application/vnd.raftmq.snapshot"
+SNAPSHOT_DOWNLOAD_S_MAX = 900.0  # encode + transfer; past it the download is cut off
 
 
 async def get_snapshot(request: web.Request) -> web.StreamResponse:
@@ -60,7 +61,15 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
         await context.replica.barrier(timeout_s=context.propose_timeout_s)
     export = context.replica.export_snapshot()
     try:
-        return await _stream_export(request, context, export)
+        async with asyncio.timeout(SNAPSHOT_DOWNLOAD_S_MAX):
+            return await _stream_export(request, context, export)
+    except TimeoutError:  # a client that stops reading must not hold the one export slot
+        log.warning("event=snapshot_download_timeout index=%d limit_s=%s",
+                    export.applied_index, SNAPSHOT_DOWNLOAD_S_MAX)
+        if request.transport is not None:
+            request.transport.close()
+        raise BrokerError("request_timeout", f"the snapshot download took longer than "
+                          f"SNAPSHOT_DOWNLOAD_S_MAX ({SNAPSHOT_DOWNLOAD_S_MAX} s)") from None
     finally:
         await context.replica.finish_export(export)
 

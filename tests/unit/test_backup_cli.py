@@ -72,3 +72,22 @@ def test_a_bad_answer_is_refused_and_leaves_no_file(
     assert why in capsys.readouterr().err
     assert out.read_bytes() == b"an older good backup"  # not replaced
     assert list(tmp_path.iterdir()) == [out]  # no temp file left
+
+
+def test_restore_refuses_another_format_version_and_seeds_nothing(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]
+                                                                  ) -> None:
+    future = tmp_path / "future.snapshot"
+    future.write_bytes(GOOD[:4] + (2).to_bytes(2, "big") + GOOD[6:])  # RMQS, version 2
+    config = tmp_path / "c.toml"
+    config.write_text('cluster = "c"\n[[nodes]]\nid = "n1"\nraft = "127.0.0.1:1"\n'
+                      'http = "127.0.0.1:2"\n')
+    argv = ["--snapshot", str(future), "--config", str(config), "--all", "--data-dir",
+            str(tmp_path / "data")]
+    assert cluster_cli.restore_main(argv) == 1
+    assert "format version 2, expected 1" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+    good = tmp_path / "good.snapshot"
+    good.write_bytes(GOOD)
+    assert cluster_cli.restore_main(["--snapshot", str(good), *argv[2:]]) == 0
+    assert (tmp_path / "data" / "n1" / "raft.snapshot").exists()

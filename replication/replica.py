@@ -430,15 +430,20 @@ class Replica:
             raise BrokerError("overloaded", f"snapshot_exports_max ({self.snapshot_exports_max})"
                               " snapshot downloads already run on this node; retry later")
         read_fd, write_fd = os.pipe()
-        with self._core.lock:
-            sync = self._sync
-            index = max(int(sync.raftLastApplied), self._core.last_entry_index)
-            term = int(sync.raftCurrentTerm)
-            pid = os.fork()
-            if pid == 0:
-                os.close(read_fd)
-                _export_child(self._core.state, write_fd)
-        os.close(write_fd)
+        try:
+            with self._core.lock:
+                sync = self._sync
+                index = max(int(sync.raftLastApplied), self._core.last_entry_index)
+                term = int(sync.raftCurrentTerm)
+                pid = os.fork()
+                if pid == 0:
+                    os.close(read_fd)
+                    _export_child(self._core.state, write_fd)
+        except OSError as err:  # e.g. ENOMEM: nothing forked
+            os.close(read_fd)
+            raise BrokerError("overloaded", f"cannot fork the snapshot export: {err}") from None
+        finally:
+            os.close(write_fd)
         assert pid > 0 and index >= 0
         self._exports.add(pid)
         return SnapshotExport(applied_index=index, term=term, pid=pid, fd=read_fd)

@@ -8,7 +8,7 @@ failing and a passing history for each one. All work is O(n log n) in the histor
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from chaos.history import FAIL, INFO, INVOKE, NEMESIS, OK, Op, pairs
@@ -38,6 +38,7 @@ TOPIC_CLASSES = (
     "nonmonotonic_send",  # one producer's later publish got a lower offset (same partition)
     "committed_offset_regression",  # a group-offset read missed the last ok commit before it
     "stale_read",  # a linearizable read missed an offset acked before it was invoked
+    "subscribe_gap",  # a live subscription skipped or repeated an offset of a partition
 )
 
 
@@ -270,6 +271,7 @@ class TopicFacts:
     slots_of: dict[tuple[str, str], set[tuple[int, int]]]  # (topic, value) -> {(part, off)}
     read_values: set[str]
     final: dict[str, dict[tuple[str, int], list[tuple[int, str]]]]  # node -> (t, p) -> log
+    subscribe_gaps: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _topic_facts(ops: list[Op]) -> TopicFacts:
@@ -280,7 +282,25 @@ def _topic_facts(ops: list[Op]) -> TopicFacts:
             _topic_publish_facts(facts, inv, comp)
         elif inv["f"] == "topic-read" and comp is not None and comp["type"] == OK:
             _topic_read_facts(facts, inv, comp)
+        elif inv["f"] == "topic-subscribe" and comp is not None and comp["type"] == OK:
+            _topic_subscribe_facts(facts, inv, comp)
     return facts
+
+
+def _topic_subscribe_facts(facts: TopicFacts, inv: Op, comp: Op) -> None:
+    """Events of one live subscription: like reads, and each partition's offsets consecutive."""
+    topic: str = inv["value"]["topic"]
+    last: dict[int, int] = {}
+    for part, off, v in comp["value"]["messages"]:
+        slot = (topic, int(part), int(off))
+        facts.values_at[slot].add(str(v))
+        facts.slots_of[(topic, str(v))].add((int(part), int(off)))
+        facts.read_values.add(str(v))
+        if int(part) in last and int(off) != last[int(part)] + 1:
+            facts.subscribe_gaps.append({"stream": inv["value"].get("stream"),
+                                         "partition": part, "after": last[int(part)],
+                                         "got": off, "node": comp["node"]})
+        last[int(part)] = int(off)
 
 
 def _topic_publish_facts(facts: TopicFacts, inv: Op, comp: Op | None) -> None:
@@ -336,6 +356,8 @@ def check_topic(ops: list[Op]) -> dict[str, Any]:
         elif v not in facts.acked and facts.definite_fails.get(v) == facts.attempts[v]:
             found.add("aborted_read", v)
     _check_topic_final(facts, found)
+    for gap in facts.subscribe_gaps:
+        found.add("subscribe_gap", gap)
     _check_sends(facts, found)
     _check_group_offsets(ops, found)
     _check_stale_reads(ops, found)

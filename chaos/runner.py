@@ -170,6 +170,7 @@ async def _exercise(cfg: RunConfig, wl: Workload | None, tw: TopicWorkload | Non
     if tw is not None:
         tasks += [asyncio.create_task(tw.producer(i)) for i in range(tw.producers)]
         tasks += [asyncio.create_task(tw.reader(i)) for i in range(tw.readers)]
+        tasks += [asyncio.create_task(tw.subscriber(i)) for i in range(tw.subscribers)]
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     try:

@@ -11,13 +11,16 @@ nodes agree on the high watermarks, for the lost / lost-on-node / divergence che
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from chaos.client import Http, Outcome
-from chaos.history import FAIL, OK, History
+import aiohttp
+
+from chaos.client import CONNECT_TIMEOUT_S, Http, Outcome, classify
+from chaos.history import FAIL, INFO, OK, History
 from chaos.workload import BACKOFF_MAX_S, BACKOFF_S, RETIRE_CODES, RETRIES_MAX, Target
 
 TOPIC = "chaos-t"
@@ -25,6 +28,10 @@ GROUP = "chaos-g"
 PARTITIONS = 2
 READ_MAX = 100
 FINAL_SETTLE_S = 30.0
+SUBSCRIBE_STREAM_S_MIN = 3.0  # each live subscription is closed after a random time in this
+SUBSCRIBE_STREAM_S_MAX = 10.0  # range, and a new one opened (on a random node)
+SUBSCRIBE_READ_TIMEOUT_S = 20.0  # longer than the server's 15 s heartbeat
+SUBSCRIBE_POLL_S = 1.0  # how often a waiting subscriber checks whether to stop
 
 
 @dataclass
@@ -35,6 +42,7 @@ class TopicWorkload:
     seed: int
     producers: int = 2
     readers: int = 2
+    subscribers: int = 1
     pace_s: float = 0.01
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -153,6 +161,65 @@ class TopicWorkload:
                        rng.choice(self.targets), "GET",
                        f"/v1/topics/{TOPIC}/groups/{value['group']}/offsets"
                        "?consistency=linearizable")
+
+    # -- live subscribers -------------------------------------------------------------------
+    async def subscriber(self, worker: int) -> None:
+        """Open live subscriptions (SSE) on random nodes, one after another, until stopped."""
+        rng = random.Random(self.seed * 1000 + 950 + worker)
+        process = f"ts{worker}"
+        stream = 0
+        while not self.stop.is_set():
+            stream += 1
+            await self._subscribe_once(process, f"{process}.{stream}", rng.choice(self.targets),
+                                       rng.uniform(SUBSCRIBE_STREAM_S_MIN,
+                                                   SUBSCRIBE_STREAM_S_MAX))
+            await asyncio.sleep(BACKOFF_S)
+
+    async def _subscribe_once(self, process: str, stream: str, target: Target,
+                              duration_s: float) -> None:
+        """One subscription, recorded as ONE op: ok with every event it delivered (checked
+        like reads, plus: offsets of a partition follow each other without a gap)."""
+        value = {"topic": TOPIC, "stream": stream, "node": target.node_id}
+        inv = self.history.invoke(process, "topic-subscribe", value, target.node_id)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S,
+                                        sock_read=SUBSCRIBE_READ_TIMEOUT_S)
+        events: list[list[Any]] = []
+        try:
+            async with self.http.session.get(f"{target.url}/v1/subscribe?topics={TOPIC}",
+                                             timeout=timeout) as resp:
+                if resp.status != 200:
+                    kind, code = classify(resp.status, None)
+                    self.history.complete(inv, FAIL if kind == OK else kind,
+                                          {"status": resp.status, "code": code})
+                    return
+                end = await self._collect(resp, events, duration_s)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            self.history.complete(inv, FAIL, {"status": None, "error": type(exc).__name__})
+            return
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            end = f"{type(exc).__name__}"
+        self.history.complete(inv, OK if events or end == "closed" else INFO,
+                              {"messages": events, "end": end})
+
+    async def _collect(self, resp: aiohttp.ClientResponse, events: list[list[Any]],
+                       duration_s: float) -> str:
+        """Append [partition, offset, body] per event until the time is up; how it ended."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + duration_s
+        while loop.time() < deadline and not self.stop.is_set():
+            wait_s = min(SUBSCRIBE_POLL_S, max(0.01, deadline - loop.time()))
+            try:
+                line = await asyncio.wait_for(resp.content.readline(), timeout=wait_s)
+            except TimeoutError:
+                continue
+            if not line:
+                return "server_closed"
+            if line.startswith(b"data: "):
+                event = json.loads(line[len(b"data: "):])
+                if event.get("topic") == TOPIC:
+                    events.append([int(event["partition"]), int(event["offset"]),
+                                   event.get("body")])
+        return "closed"
 
     # -- final phase ------------------------------------------------------------------------
     async def final_reads(self) -> bool:

@@ -78,6 +78,12 @@ class H:
                           "final": final, "consistency": consistency}, OK,
                          {"messages": [list(x) for x in log], "high_watermark": high})
 
+    def tsub(self, events: list[tuple[int, int, str]], node: str = "n1") -> H:
+        """One live subscription that delivered (partition, offset, value) events."""
+        return self.call(f"s-{node}", "topic-subscribe",
+                         {"topic": "t", "stream": f"s-{node}.1", "node": node}, OK,
+                         {"messages": [list(e) for e in events], "end": "closed"})
+
     def commit(self, offset: int, type_: str = OK) -> H:
         return self.call("g1", "group-commit", {"topic": "t", "group": "g", "offsets":
                                                 [{"partition": 0, "offset": offset}]},

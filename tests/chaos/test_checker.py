@@ -401,3 +401,25 @@ def test_txn_every_class_has_a_failing_test() -> None:
     source = inspect.getsource(sys.modules[__name__])
     for cls in TXN_CLASSES:
         assert f'"{cls}"' in source, cls
+
+
+# ---- live subscribe (SSE) ------------------------------------------------------------------
+
+
+def test_subscription_events_are_checked_like_reads() -> None:
+    h = clean_topic().tsub([(0, 0, "a"), (0, 1, "b")])
+    valid(check_topic(h.ops))
+    h = clean_topic().tsub([(0, 1, "a")], node="n2")  # a is at offset 0 everywhere else
+    result = check_topic(h.ops)
+    assert result["anomalies"]["inconsistent_offsets"]["count"] == 1
+    assert result["anomalies"]["duplicated"]["count"] == 1
+    only(check_topic(clean_topic().tsub([(0, 2, "zz")]).ops), "unexpected")
+
+
+def test_subscribe_gap_in_one_subscription() -> None:
+    h = H().tpublish(["a"], [(0, 0)]).tpublish(["b"], [(0, 1)], seq=1)
+    h.tpublish(["c"], [(0, 2)], seq=2)
+    for node in ("n1", "n2"):
+        h.tread([(0, "a"), (1, "b"), (2, "c")], node=node, final=True)
+    valid(check_topic(h.tsub([(0, 1, "b"), (0, 2, "c")]).ops))  # starts anywhere
+    only(check_topic(h.tsub([(0, 0, "a"), (0, 2, "c")], node="n2").ops), "subscribe_gap")

@@ -182,7 +182,9 @@ def _check_redeliveries(facts: QueueFacts, found: Anomalies) -> None:
     for d in facts.deliveries:
         by_id[d.msg_id].append(d)
     for msg_id in sorted(by_id):
-        ds = sorted(by_id[msg_id], key=lambda d: (d.server_ms, d.op_index))
+        # receive_count is the state's own order of a message's deliveries: two receives
+        # answered in one tick window share server_ms and may complete out of invoke order
+        ds = sorted(by_id[msg_id], key=lambda d: (d.server_ms, d.receive_count, d.op_index))
         acked_ns = min((facts.ack_ok_ns[d.receipt] for d in ds if d.receipt in facts.ack_ok_ns),
                        default=None)
         for d in ds:

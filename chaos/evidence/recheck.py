@@ -8,8 +8,8 @@ invoked first but answered second (its entry committed later) is taken for the e
 delivery: seed 101 of campaign 6 shows receive_count 2 "before" receive_count 1 and reports a
 lease_violation although the nack of delivery 1 had succeeded. receive_count is the state's
 order of a message's deliveries; this script re-runs check_queue with it as the tie-break and
-prints both verdicts. (The fix belongs in chaos/checker.py: sort key (server_ms, receive_count,
-op_index).)
+prints both verdicts. (Fixed in chaos/checker.py since: sort key (server_ms, receive_count,
+op_index); this script shows the difference on histories checked before the fix.)
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ CRASH_AT_ENV = "RAFTMQ_TEST_CRASH_AT"  # test only: "step[:kill|stop],..." (see 
 POWERLOSS_DIR_ENV = "RAFTMQ_TEST_POWERLOSS_DIR"  # test only: record what each fsync made durable
 
 
-def _fatal(what: str, err: OSError) -> None:
+def _fatal(what: str, err: OSError) -> NoReturn:
     log.critical("durable_io_failed what=%s error=%s: exiting, the node must not ack", what, err)
     os._exit(FATAL_IO_EXIT_CODE)
 
@@ -117,7 +117,10 @@ def write_file_atomic(path: Path, data: bytes, *, step_prefix: str | None = None
         os.close(fd)
     if step_prefix:
         crash_point(step_prefix + ".after_tmp")
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError as err:  # e.g. EIO: the new content is not in place, never carry on
+        _fatal("rename", err)
     if step_prefix:
         crash_point(step_prefix + ".after_rename")
     fsync_dir(path.parent)
@@ -127,7 +130,10 @@ def write_file_atomic(path: Path, data: bytes, *, step_prefix: str | None = None
 
 def create_file(path: Path) -> int:
     """Open a new (or emptied) file for writing; returns the fd."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as err:  # e.g. ENOSPC when the file system is out of inodes
+        _fatal("create", err)
     _powerloss_note_truncate(fd, 0)  # a new inode: its shadow starts empty
     return fd
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DISK_SIZE_MB = 128  # a node's data dir in a 60 s run stays far below this
+DISK_INODES = 2048  # files a node's data dir may hold (a handful are used)
 BALLOON_NAME = ".chaos-balloon"
+INODE_BALLOON_NAME = ".chaos-inodes"
 BALLOON_CHUNK_BYTES = 1 << 20
 UMOUNT_TIMEOUT_S = 10.0
 
@@ -67,13 +70,37 @@ def inflate(path: Path) -> int:
     return size
 
 
+def inflate_inodes(path: Path) -> int:
+    """Use up every free inode of the file system holding `path` (empty files in
+    `path/INODE_BALLOON_NAME/`): creating a file then fails with ENOSPC although there is
+    space. Returns how many files it made."""
+    folder = path / INODE_BALLOON_NAME
+    folder.mkdir(exist_ok=True)
+    made = 0
+    while True:
+        try:
+            os.close(os.open(folder / f"f{made}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            break
+        made += 1
+        assert made <= DISK_INODES, made
+    return made
+
+
 def deflate(path: Path) -> bool:
-    """Remove the balloon; True if there was one."""
+    """Remove the balloons (space and inodes); True if there was one."""
+    found = False
     balloon = path / BALLOON_NAME
-    if not balloon.exists():
-        return False
-    balloon.unlink()
-    return True
+    if balloon.exists():
+        balloon.unlink()
+        found = True
+    folder = path / INODE_BALLOON_NAME
+    if folder.exists():
+        shutil.rmtree(folder)
+        found = True
+    return found
 
 
 @dataclass
@@ -87,7 +114,8 @@ class SmallDisks:
         assert index not in self.mounts, index
         assert self.size_mb > 0, self.size_mb
         data_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size_mb}m,mode=0755",
+        options = f"size={self.size_mb}m,nr_inodes={DISK_INODES},mode=0755"
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options,
                         f"chaos-disk-{index}", str(data_dir)], check=True,
                        capture_output=True, text=True)
         self.mounts[index] = data_dir

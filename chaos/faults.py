@@ -17,7 +17,9 @@ Families (the CLI's ``--faults``) expand into concrete kinds:
     disk-full   disk-full-one, disk-full-leader: fill the node's small tmpfs data dir (see
                 chaos/disk.py) with a balloon file until writes fail with ENOSPC; the node must
                 not ack what it could not persist (raftmq exits, code 75). Heal: delete the
-                balloon, restart the node if it exited. Skipped (and said so) on a node whose
+                balloon, restart the node if it exited. disk-full-inodes: one node's file
+                system runs out of inodes instead (creating a file fails with ENOSPC while
+                appends still work). Skipped (and said so) on a node whose
                 data dir is a lazy FUSE mount, which has no capacity.
     network     network-lossy-one (every packet to and from one node dropped with probability
                 LOSS_MIN..LOSS_MAX), network-lossy-all (every link lossy), network-slow-one /
@@ -65,7 +67,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "power-loss": ("power-one", "power-all"),
     "clock": ("clock-jump-leader", "clock-jump-one", "clock-jump-all", "clock-back-one",
               "clock-back-leader"),
-    "disk-full": ("disk-full-one", "disk-full-leader"),
+    "disk-full": ("disk-full-one", "disk-full-leader", "disk-full-inodes"),
     "network": ("network-lossy-one", "network-lossy-all", "network-slow-one",
                 "network-slow-leader"),
     "membership": ("membership-follower",),
@@ -442,6 +444,9 @@ class Nemesis:
         node = self.cluster.node(idx)
         if self.disks is None or idx not in self.disks.mounts:
             return {"targets": [node.node_id], "skipped": "data dir is not a small tmpfs"}
+        if fault.kind == "disk-full-inodes":
+            files = await asyncio.to_thread(disk.inflate_inodes, node.data_dir)
+            return {"targets": [node.node_id], "balloon_files": files, "deflate": [idx]}
         size = await asyncio.to_thread(disk.inflate, node.data_dir)
         return {"targets": [node.node_id], "balloon_bytes": size, "deflate": [idx]}
 

@@ -56,5 +56,28 @@ def test_balloon_makes_writes_fail_with_enospc_until_deflated(small_disk: Path) 
 
 
 def test_disk_full_family_expands_to_its_kinds() -> None:
-    assert kinds_for(["disk-full"], 3) == ["disk-full-one", "disk-full-leader"]
+    assert kinds_for(["disk-full"], 3) == ["disk-full-one", "disk-full-leader", "disk-full-inodes"]
     assert "disk-full" in FAMILIES
+
+
+def test_journal_exits_when_it_cannot_create_a_file(tmp_path: Path) -> None:
+    """Regression (disk-full-inodes run, 2026-11-29): with the file system out of inodes,
+    creating `raft.journal.meta.tmp` failed with ENOSPC, the OSError escaped into pysyncobj,
+    which logged it every second and carried on with its term and vote not persisted. The
+    journal must exit (code 75) as for every other failed durable write."""
+    import subprocess
+    import sys
+
+    from replication.journal import FATAL_IO_EXIT_CODE
+
+    (tmp_path / "raft.journal.meta.tmp").mkdir()  # os.open(O_CREAT|O_TRUNC) on it fails
+    probe = ("import sys; from replication.journal import DurableJournal\n"
+             "j = DurableJournal(sys.argv[1])\n"
+             "j.setCurrentTerm(2, 'n1')\n"
+             "print('carried on')\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "raft.journal")],
+                          capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == FATAL_IO_EXIT_CODE, done.stderr[-2000:]
+    assert "carried on" not in done.stdout
+    assert "durable_io_failed what=create" in done.stderr

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from node.barriers import ReadBarrier
 from node.codec import READ_TIMEOUT_KEY, respond
 from node.config import ClusterConfig, NodeSpec
 from node.waiters import ApplyNotifier
@@ -32,6 +33,10 @@ T = TypeVar("T")
 
 RETRY_AFTER_S = {429: "1", 503: "1", 504: "1"}
 PROPOSE_TIMEOUT_S = 10.0
+# a read with no consistency= sees every write acknowledged before it started, from any node;
+# `local` (opt-in) answers from this node's applied state without a Raft round trip
+READ_CONSISTENCY_DEFAULT = "linearizable"
+READ_CONSISTENCY_LEVELS = ("local", "leader", "linearizable")
 
 
 @dataclass
@@ -48,6 +53,7 @@ class NodeContext:
     requests_in_flight: int = 0
     rss_bytes: int = 0
     rss_checked_s: float = 0.0
+    read_barrier: ReadBarrier | None = None
 
     def check_memory(self) -> None:
         """Refuse new messages past memory_high_watermark_bytes; consumers keep working, and
@@ -77,14 +83,18 @@ class NodeContext:
 
     async def read_consistent(self, request: web.Request,
                               fn: Callable[[BrokerState, int], T]) -> T:
-        """`consistency=local` (default) reads applied state; `leader`/`linearizable` first put
-        a no-op through the log, so the answer reflects every write committed before the read."""
-        level = request.query.get("consistency", "local")
-        if level not in ("local", "leader", "linearizable"):
+        """`linearizable` (default) and `leader` first wait for a no-op through the log (shared
+        by concurrent readers: node/barriers.py), so the answer reflects every write committed
+        before the read; `local` reads this node's applied state at once."""
+        level = request.query.get("consistency", READ_CONSISTENCY_DEFAULT)
+        if level not in READ_CONSISTENCY_LEVELS:
             raise BrokerError("invalid_request",
                               "consistency: must be local, leader or linearizable")
         if level != "local":
-            await self.replica.barrier(timeout_s=self.propose_timeout_s)
+            if self.read_barrier is None:
+                self.read_barrier = ReadBarrier(
+                    lambda: self.replica.barrier(timeout_s=self.propose_timeout_s))
+            await self.read_barrier.wait()
         return self.read(fn)
 
 

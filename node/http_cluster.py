@@ -218,6 +218,7 @@ class BrokerCollector(Collector):
 
     def _raft(self) -> Iterator[Metric]:
         status = self.context.replica.status()
+        barrier = self.context.read_barrier
         role = GaugeMetricFamily("raftmq_raft_role", "1 for this node's current Raft role",
                                  labels=["role"])
         for name in ("leader", "follower", "candidate"):
@@ -231,6 +232,10 @@ class BrokerCollector(Collector):
              1 if status.role == "leader" else 0),
             ("raftmq_raft_elections_started_total", "Elections this node started (as candidate)",
              self.context.replica.stats().get("elections_started", 0)),
+            ("raftmq_reads_linearizable_total", "Reads that waited for a Raft barrier",
+             barrier.waits if barrier else 0),
+            ("raftmq_read_barriers_total", "No-ops proposed for reads (shared by concurrent reads)",
+             barrier.proposed if barrier else 0),
         ):
             yield GaugeMetricFamily(name, doc, value=value)
 

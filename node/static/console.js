@@ -237,8 +237,11 @@ function snapshot(queues, topics) {
 }
 
 async function refresh() {
+  // consistency=local: the console shows what this node holds even while it cannot reach a
+  // majority (an operator needs the view most then); it refreshes every few seconds anyway
   const [cluster, queues, topics] = await Promise.all([
-    api("GET", "/v1/cluster"), api("GET", "/v1/queues"), api("GET", "/v1/topics")]);
+    api("GET", "/v1/cluster"), api("GET", "/v1/queues?consistency=local"),
+    api("GET", "/v1/topics?consistency=local")]);
   const errors = [];
   const prev = state.prev || { at: performance.now(), queues: {}, topics: {} };
   const dtS = state.prev ? (performance.now() - prev.at) / 1000 : 0;

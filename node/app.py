@@ -54,6 +54,7 @@ class NodeContext:
     rss_bytes: int = 0
     rss_checked_s: float = 0.0
     read_barrier: ReadBarrier | None = None
+    connections: Callable[[], tuple[int, int]] | None = None  # (open, refused) for /metrics
 
     def check_memory(self) -> None:
         """Refuse new messages past memory_high_watermark_bytes; consumers keep working, and

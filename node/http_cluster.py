@@ -180,6 +180,13 @@ class BrokerCollector(Collector):
         yield GaugeMetricFamily("raftmq_long_polls_waiting",
                                 "Long polls waiting for a message on this node",
                                 value=self.context.notifier.waiters)
+        if context.connections is not None:
+            open_now, refused = context.connections()
+            yield GaugeMetricFamily("raftmq_http_connections", "Open HTTP connections",
+                                    value=open_now)
+            yield GaugeMetricFamily("raftmq_http_connections_refused_total",
+                                    "HTTP connections closed at accept (connections_max)",
+                                    value=refused)
         yield from self._topic_lag()
         yield from self._topic_watermarks()
         yield from self._raft()

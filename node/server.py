@@ -172,6 +172,10 @@ class NodeServer(web.Server):
         assert len(self._open) <= self.connections_max
         return handler
 
+    def counts(self) -> tuple[int, int]:
+        """(open connections, connections refused since start), for /metrics."""
+        return len(self._open), self.connections_refused
+
     def forget(self, handler: NodeRequestHandler) -> None:
         self._open.discard(handler)
 
@@ -214,6 +218,8 @@ async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path,
                         connections_max=cluster.node_limit("connections_max"), node_id=spec.id,
                         keepalive_timeout=cluster.node_limit("idle_connection_timeout_s"))
     await runner.setup()
+    assert isinstance(runner.server, NodeServer)
+    context.connections = runner.server.counts
     host, port = split_addr(spec.http)
     site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls_context(cluster))
     await site.start()

@@ -123,6 +123,10 @@ def test_connections_past_connections_max_are_closed_at_accept(tight: Cluster) -
             sock.close()
     wait_until(lambda: http("GET", f"{node.url}/healthz", timeout_s=5).status == 200,
                what="clients to be served again once connections closed")
+    scrape = http("GET", f"{node.url}/metrics").body
+    refused_total = [line for line in scrape.splitlines()
+                     if line.startswith("raftmq_http_connections_refused_total ")]
+    assert refused_total and float(refused_total[0].split()[1]) >= 2, refused_total
     assert not refused(node.http_port), "a fresh connection is served, not closed"
 
 

@@ -5,11 +5,13 @@
   find it (`journal_for`).
 * `vars(pysyncobj.pickle)['__protocol'] = 5`: `bytes` travel as bytes, not as latin-1 text
   (1.5x at two layers, research/pysyncobj-wire.md).
-* `pysyncobj.tcp_connection.zlib` -> `FrameCodec`: level-0 zlib, and with a cluster secret an
-  HMAC-SHA256 tag in front of every frame, checked with `hmac.compare_digest` BEFORE the bytes
-  reach `pickle.loads` (tcp_connection.py `__processParseMessage`: `pickle.loads(zlib.decompress(
-  data))` is the only unpickling of network input, and decompress runs first). A frame without
-  a valid tag raises, and pysyncobj drops the connection.
+* `pysyncobj.tcp_connection.zlib` -> `FrameCodec`: level-0 zlib (tcp_connection.py
+  `__processParseMessage`: `pickle.loads(zlib.decompress(data))` is the only unpickling of
+  network input, and decompress runs first). With a cluster secret the gate is no longer here:
+  replication/transport.py makes every connection a `SecureConnection` (raft_crypto.py: a
+  handshake with fresh nonces, then AES-GCM frames), which authenticates and decrypts BEFORE
+  this codec sees a byte. The codec's HMAC-SHA256 tag (checked with `hmac.compare_digest`) and
+  its `rejected_frames` counter remain for the transport's own refusals to count into.
 * `pysyncobj.serializer.atomicReplace` -> `durable_replace`: a snapshot received from the leader
   is checked (magic, version, crc32) and made durable (fsync, rename, directory fsync) before it
   replaces ours; the rename pysyncobj attempts after our forked serializer is a no-op (the child

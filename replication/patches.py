@@ -10,8 +10,9 @@
   network input, and decompress runs first). With a cluster secret the gate is no longer here:
   replication/transport.py makes every connection a `SecureConnection` (raft_crypto.py: a
   handshake with fresh nonces, then AES-GCM frames), which authenticates and decrypts BEFORE
-  this codec sees a byte. The codec's HMAC-SHA256 tag (checked with `hmac.compare_digest`) and
-  its `rejected_frames` counter remain for the transport's own refusals to count into.
+  pickle sees a byte (a secure connection never calls this codec). The codec's
+  HMAC tag path is only reachable by a connection that was not secured; its `rejected_frames`
+  counter is where the transport's refusals are counted.
 * `pysyncobj.serializer.atomicReplace` -> `durable_replace`: a snapshot received from the leader
   is checked (magic, version, crc32) and made durable (fsync, rename, directory fsync) before it
   replaces ours; the rename pysyncobj attempts after our forked serializer is a no-op (the child

@@ -85,6 +85,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             disks.unmount_all()
     history.dump(cfg.out / "history.jsonl")
     result = _judge(cfg, history, faults, phases, started)
+    result["node_logs"] = scan_node_logs(cfg.out / "cluster")
     report.write(cfg.out, result, history.ops)
     return result
 
@@ -243,10 +244,25 @@ def _judge(cfg: RunConfig, history: History, faults: list[Fault], phases: dict[s
     }
 
 
+LOG_MARKERS = {"tracebacks": "Traceback (most recent call last)",
+               "critical": "level=CRITICAL", "errors": "level=ERROR"}
+
+
+def scan_node_logs(cluster_dir: Path) -> dict[str, dict[str, int]]:
+    """Per node log: how many tracebacks, CRITICAL and ERROR lines (not a verdict: a node that
+    logs an exception every second and carries on is worth a look; see chaos/README.md)."""
+    counts: dict[str, dict[str, int]] = {}
+    for path in sorted(cluster_dir.glob("n*.log")):
+        text = path.read_text(errors="replace")
+        counts[path.stem] = {k: text.count(marker) for k, marker in LOG_MARKERS.items()}
+    return counts
+
+
 def summary_line(result: dict[str, Any]) -> str:
     bad = {c: n for c, n in result["anomaly_counts"].items() if n}
     verdict = "VALID" if result["valid"] else "INVALID"
     return (f"{verdict} seed={result['seed']} nodes={result['nodes']} ops={result['ops']} "
             f"acked={result['queue']['stats']['publish_acked']} "
             f"faults={len(result['schedule'])} anomalies={json.dumps(bad)} "
+            f"node_tracebacks={sum(c['tracebacks'] for c in result.get('node_logs', {}).values())} "
             f"phases={json.dumps(result['phases'])}")

@@ -50,3 +50,15 @@ def test_campaign_summary_table_names_invalid_seeds(tmp_path: Path) -> None:
     assert "| 1 | 3 | queue | kill-one | 10 | 5 | 0.5 | valid |" in table
     assert '**INVALID** {"lost": 3}' in table
     assert "invalid runs: [2]" in table
+
+
+def test_node_logs_are_scanned_for_tracebacks(tmp_path: Path) -> None:
+    from chaos.runner import scan_node_logs
+
+    (tmp_path / "n1.log").write_text("level=INFO ok\n")
+    (tmp_path / "n2.log").write_text(
+        "level=ERROR pysyncobj failed _onTick\nTraceback (most recent call last):\n  x\n"
+        "level=CRITICAL replication.journal durable_io_failed\n")
+    assert scan_node_logs(tmp_path) == {
+        "n1": {"tracebacks": 0, "critical": 0, "errors": 0},
+        "n2": {"tracebacks": 1, "critical": 1, "errors": 1}}

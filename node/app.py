@@ -158,6 +158,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except asyncio.CancelledError:
         raise
+    except ConnectionError:
+        if request.transport is not None and not request.transport.is_closing():
+            log.exception("event=handler_crash path=%s", request.path)
+            return error_response(request, "internal_error", "internal error (logged on the node)")
+        # the client went away mid-request (a dropped subscriber, a reset during the body):
+        # nobody is left to answer; aiohttp ignores a ConnectionError from a handler
+        log.info("event=client_gone path=%s", request.path)
+        raise
     except Exception:
         log.exception("event=handler_crash path=%s", request.path)
         return error_response(request, "internal_error", "internal error (logged on the node)")

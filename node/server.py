@@ -121,6 +121,11 @@ class NodeRequestHandler(RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         if request.writer.output_size > 0:  # as aiohttp: a response already started
             raise ConnectionError("response already started, cannot send an error")
+        if isinstance(exc, ConnectionError) and (self.transport is None
+                                                 or self.transport.is_closing()):
+            # the client went away (logged by error_middleware as client_gone): no one to
+            # answer; aiohttp's connection loop ignores a ConnectionError raised from here
+            raise ConnectionError("client gone") from exc
         code = PARSER_ERROR_CODES.get(status, "internal_error")
         kind = KINDS[code]
         if kind.status >= 500:

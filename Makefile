@@ -32,7 +32,8 @@ bench: $(STAMP)         ## the standard benchmark set against a fresh local clus
 
 chaos: $(STAMP)         ## a chaos campaign: 10 runs x 60 s, every fault kind, 3 and 5 nodes (root)
 	$(PY) -m chaos campaign --runs 10 --duration 60 --alternate-nodes \
-	    --faults kill,pause,partition,corrupt,power-loss --workload mixed --out chaos-results
+	    --faults kill,pause,partition,corrupt,power-loss,clock,clock-back,disk-full,network,membership \
+	    --workload mixed --out chaos-results
 
 fuzz: $(STAMP)          ## longer fuzzing: 2,000 examples per property and API route
 	FUZZ_EXAMPLES=2000 $(PY) -m pytest tests/fuzz

@@ -186,6 +186,57 @@ def _sync_leader_before_poll(sync: Any, journal: Any) -> None:
     poller.poll = poll
 
 
+_PIPE_NOTIFIER_ATTR = "_SyncObj__pipeNotifier"  # set when appendEntriesUseBatch is False
+
+
+class CoalescingNotifier:
+    """pysyncobj's PipeNotifier, written at most once per Raft-thread pass over its queue.
+
+    `SyncObj._applyCommand` (any thread) queues the command, then writes one byte to a pipe to
+    end the Raft thread's poll: one write per submitted entry (4 % of a leader at receive b100,
+    docs/benchmarks.md). A write while an earlier one is still unconsumed wakes nobody new, so
+    it is skipped. No lost wake-up: the Raft thread clears `pending` BEFORE it takes commands
+    off the queue (`consumed`, wrapped around `_checkCommandsToApply`), and a submitter queues
+    its command BEFORE it reads `pending`: a command queued after that pass saw `pending`
+    cleared (or set by a later, unconsumed write) and so has a write of its own.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        assert callable(getattr(inner, "notify", None)), "pysyncobj PipeNotifier changed"
+        self.inner = inner
+        self.pending = False
+        self.writes = 0
+        self.skipped = 0
+
+    def notify(self) -> None:  # any thread, after the command was queued
+        if self.pending:
+            self.skipped += 1
+            return
+        self.pending = True
+        self.writes += 1
+        self.inner.notify()
+
+    def consumed(self) -> None:  # Raft thread, before it drains the command queue
+        self.pending = False
+
+
+def _coalesce_submit_wakeups(sync: Any) -> CoalescingNotifier | None:
+    """Put a CoalescingNotifier in front of pysyncobj's pipe (None if it has no pipe)."""
+    inner = getattr(sync, _PIPE_NOTIFIER_ATTR, None)
+    if inner is None:
+        return None
+    notifier = CoalescingNotifier(inner)
+    check = sync._checkCommandsToApply
+
+    def check_commands() -> None:
+        notifier.consumed()
+        check()
+
+    setattr(sync, _PIPE_NOTIFIER_ATTR, notifier)
+    sync._checkCommandsToApply = check_commands
+    return notifier
+
+
 SINGLE_NODE_POLL_S = 0.001  # poll timeout while a 1-node cluster has entries in flight
 
 
@@ -337,6 +388,9 @@ class Replica:
         self._addr_to_id = {addr: nid for nid, addr in cfg.members().items()}
         self._listeners: list[Callable[[], None]] = []
         self._listener_call_pending = False
+        self._applied_unannounced = False  # set per applied entry, cleared once per tick
+        self.listener_wakeups = 0  # loop wake-ups scheduled for apply listeners
+        self.listener_fires = 0  # listener rounds run on the loop (<= wake-ups)
         self._closed = False
         self._write_refusal: str | None = None  # set on a node removed from the cluster
         self._raft_calls: collections.deque[Callable[[], None]] = collections.deque()
@@ -352,6 +406,7 @@ class Replica:
         self._sync: _RaftBroker
         self._raft_watch: RaftWatch
         self._proposer: Proposer
+        self._submit_notifier: CoalescingNotifier | None = None
 
     @classmethod
     async def start(
@@ -371,6 +426,8 @@ class Replica:
         self._sync = _RaftBroker(self._core, args)
         assert hasattr(self._sync, _RAFT_STATE_ATTR), "pysyncobj internals changed (raft state)"
         self._raft_watch = RaftWatch(self._sync, cfg.node_id)
+        self._sync.addOnTickCallback(self._announce_applies)
+        self._submit_notifier = _coalesce_submit_wakeups(self._sync)
         self._core.index_source = lambda: int(self._sync.raftLastApplied)
         with _LIVE_LOCK:
             _LIVE[cfg.node_id] = weakref.ref(self)
@@ -463,10 +520,25 @@ class Replica:
         if cb in self._listeners:
             self._listeners.remove(cb)
 
-    def _on_applied(self) -> None:  # Raft thread
+    # Apply listeners: one loop wake-up per tick that applied something, not one per entry.
+    # pysyncobj applies every committed entry of a tick in a row and runs its tick callbacks
+    # after them (SyncObj._onTick), before it polls again. Each entry only sets a flag; the tick
+    # callback wakes the loop once (docs/benchmarks.md, session 2: the per-entry self-pipe
+    # write was 11 % of a follower's samples). No lost wake-up: an entry applied after the
+    # flag was read sets it again and is announced at the end of its own tick; a wake-up still
+    # pending (its fire not yet started) runs after every entry applied so far.
+
+    def _on_applied(self) -> None:  # Raft thread, once per applied entry or installed snapshot
+        self._applied_unannounced = True
+
+    def _announce_applies(self) -> None:  # Raft thread (the loop's in "loop" mode), per tick
+        if not self._applied_unannounced:
+            return
+        self._applied_unannounced = False
         if self._listener_call_pending or not self._listeners:
             return
         self._listener_call_pending = True
+        self.listener_wakeups += 1
         try:
             self._loop.call_soon_threadsafe(self._fire_listeners)
         except RuntimeError:  # loop closed
@@ -474,6 +546,7 @@ class Replica:
 
     def _fire_listeners(self) -> None:
         self._listener_call_pending = False
+        self.listener_fires += 1
         for cb in list(self._listeners):
             try:
                 cb()

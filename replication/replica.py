@@ -598,6 +598,7 @@ class Replica:
         """Counters for metrics and tests."""
         s = self._proposer.stats
         core = self._core
+        notifier = self._submit_notifier
         return {
             "entries_submitted": s.entries_submitted,
             "commands_submitted": s.commands_submitted,
@@ -612,6 +613,9 @@ class Replica:
             "apply_errors": core.apply_errors,
             "elections_started": self._raft_watch.elections_started,
             "election_timer_restarts": self._raft_watch.timer_restarts,
+            "listener_wakeups": self.listener_wakeups,
+            "submit_pipe_writes": notifier.writes if notifier else 0,
+            "submit_pipe_writes_skipped": notifier.skipped if notifier else 0,
         }
 
     # -- background: leader watch, no-leader fast fail, tick --------------------------------

@@ -81,12 +81,14 @@ async def read_partition(request: web.Request) -> web.Response:
     def read(state: Any, now_ms: int) -> Any:
         return state.topics.read(name, partition, offset, max_messages, from_time_ms)
 
+    seen = context.notifier.fired
     result = await context.read_consistent(request, read)
     while True:
         raise_if_error(result)
         if result["messages"] or time.monotonic() >= deadline:
             return respond(request, result)
-        await context.notifier.wait(deadline - time.monotonic())
+        await context.notifier.wait(deadline - time.monotonic(), since=seen)
+        seen = context.notifier.fired
         result = context.read(read)
 
 
@@ -199,6 +201,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     last_beat = time.monotonic()
     while True:
+        seen = context.notifier.fired
         events = context.read(lambda s, now: read_new(s.topics, pattern, cursors))
         for event in events:
             cursors[(event["topic"], event["partition"])] = event["offset"] + 1
@@ -208,7 +211,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
             last_beat = time.monotonic()
         if request.transport is None or request.transport.is_closing():
             return response
-        await context.notifier.wait(SSE_HEARTBEAT_S)
+        await context.notifier.wait(SSE_HEARTBEAT_S, since=seen)
 
 
 SUBSCRIBE_BATCH_MAX = 100

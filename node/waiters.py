@@ -16,9 +16,11 @@ class ApplyNotifier:
         assert waiters_max > 0
         self.waiters_max = waiters_max
         self.waiters = 0
+        self.fired = 0  # applies announced so far: a waiter passes what it saw as `since`
         self._generation: asyncio.Future[None] | None = None
 
     def fire(self) -> None:
+        self.fired += 1
         generation, self._generation = self._generation, None
         if generation is not None and not generation.done():
             generation.set_result(None)
@@ -26,11 +28,19 @@ class ApplyNotifier:
     def full(self) -> bool:
         return self.waiters >= self.waiters_max
 
-    async def wait(self, timeout_s: float, *, counted: bool = True) -> bool:
+    async def wait(self, timeout_s: float, *, since: int | None = None,
+                   counted: bool = True) -> bool:
         """Wait until the next apply or the timeout; True if woken by an apply.
 
+        `since`: the `fired` count read before the caller looked at the state; if an apply
+        was announced after that (while the caller was awaiting something else), return at
+        once instead of sleeping through it (no lost wake-up). Only for loops that do not
+        propose themselves (topic long polls, live subscribe): a queue receive's own apply
+        would count as news and turn the wait into a loop of proposals.
         `counted` waits are client requests (long polls, streams): they count toward
         `waiters` and the long-poll limit. The node's own background work passes False."""
+        if since is not None and since != self.fired:
+            return True
         if timeout_s <= 0:
             return False
         if self._generation is None or self._generation.done():

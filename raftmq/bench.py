@@ -90,6 +90,7 @@ class Spec:
     partitions: int = 1         # topic workloads
     durability: str | None = None  # queue/topic config; None: the server's default (fsync)
     prefill: int = 0            # receive/topic-read with duration_s: messages put in first
+    consistency: str | None = None  # topic-read: consistency= of each read (None: the default)
     label: str = ""
 
     def name(self) -> str:
@@ -491,10 +492,11 @@ async def topic_read_worker(run: Run, worker: int, budget: Budget) -> None:
 async def read_partition(run: Run, partition: int, budget: Budget) -> None:
     stats, codec = run.consumers, run.client.codec
     url = f"{run.topic_url(partition)}/partitions/{partition}/messages"
+    level = f"&consistency={run.spec.consistency}" if run.spec.consistency else ""
     offset = 0
     while budget.take():
-        status, raw, latency_s = await timed(stats, run.client, "GET",
-                                             f"{url}?offset={offset}&max={run.spec.batch}", None)
+        query = f"offset={offset}&max={run.spec.batch}{level}"
+        status, raw, latency_s = await timed(stats, run.client, "GET", f"{url}?{query}", None)
         if status != 200:
             continue
         data = codec.loads(raw)
@@ -862,6 +864,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--prefill", type=int, default=0, help="receive/topic-read with "
                     f"--duration: messages put in first (default {PREFILL_DEFAULT:,})")
     ap.add_argument("--durability", choices=("fsync", "memory"), help="queue/topic durability")
+    ap.add_argument("--consistency", choices=("local", "leader", "linearizable"),
+                    help="topic-read: the reads' consistency (default: the server's, "
+                         "linearizable; replay readers often choose local)")
     ap.add_argument("--url", action="append", default=[],
                     help="node URL(s), repeat or comma-separate (default: start a local cluster)")
     ap.add_argument("--target", choices=("leader", "all"), default="leader",
@@ -916,7 +921,8 @@ def build_specs(args: argparse.Namespace) -> list[Spec]:
     if count is None and args.duration is None:
         count = default_count(workload, batch)
     return [Spec(workload, batch, conc, count, args.duration, args.size, args.consumers,
-                 args.partitions, durability=args.durability, prefill=args.prefill)]
+                 args.partitions, durability=args.durability, prefill=args.prefill,
+                 consistency=args.consistency)]
 
 
 def fmt(value: float | None, digits: int = 0) -> str:

@@ -35,6 +35,7 @@ class StubBroker:
         self.published = self.acked = self.next_id = 0
         self.content_types: set[str] = set()
         self.refuse_next = 0  # answer this many publishes 503 `unavailable` (not applied)
+        self.read_levels: set[str | None] = set()  # consistency= of the topic reads seen
 
     async def body(self, request: web.Request) -> Any:
         raw = await request.read()
@@ -118,6 +119,7 @@ class StubBroker:
 
     async def topic_read(self, request: web.Request) -> web.Response:
         log = self.topics[request.match_info["t"]]
+        self.read_levels.add(request.query.get("consistency"))
         offset, most = int(request.query["offset"]), int(request.query["max"])
         msgs = log[offset:offset + most]
         return self.answer(request, {"messages": msgs, "next_offset": offset + len(msgs),
@@ -227,6 +229,14 @@ def test_topic_publish_and_read(stub, capsys) -> None:
     assert w["msgs"] == 300
     assert r["msgs"] == 600  # two readers, each replays the whole partition
     assert broker.published == 600  # 300 measured + 300 pre-filled for the read
+    assert broker.read_levels == {None}  # the server's default unless asked
+
+
+def test_topic_read_can_ask_for_local_reads(stub, capsys) -> None:
+    broker, url = stub
+    [r] = run_bench(capsys, "topic-read", "--url", url, "-n", "100", "-b", "50",
+                    "--consistency", "local")
+    assert r["msgs"] >= 100 and broker.read_levels == {"local"}
 
 
 def test_latency_is_one_message_at_a_time(stub, capsys) -> None:

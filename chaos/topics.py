@@ -21,7 +21,7 @@ import aiohttp
 
 from chaos.client import CONNECT_TIMEOUT_S, Http, Outcome, classify
 from chaos.history import FAIL, INFO, OK, History
-from chaos.workload import BACKOFF_MAX_S, BACKOFF_S, RETIRE_CODES, RETRIES_MAX, Target
+from chaos.workload import BACKOFF_S, Target, until_done
 
 TOPIC = "chaos-t"
 GROUP = "chaos-g"
@@ -112,17 +112,9 @@ class TopicWorkload:
 
     async def _publish_until_done(self, process: str, value: dict[str, Any],
                                   body: dict[str, Any], rng: random.Random) -> bool:
-        delay = BACKOFF_S
-        for _attempt in range(RETRIES_MAX):
-            out = await self._op(process, "topic-publish", value, rng.choice(self.targets),
-                                 "POST", f"/v1/topics/{TOPIC}/messages", body)
-            if out.type == OK:
-                return True
-            if out.type == FAIL and (out.code in RETIRE_CODES or self.stop.is_set()):
-                return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
-        return False
+        return await until_done(
+            lambda: self._op(process, "topic-publish", value, rng.choice(self.targets),
+                             "POST", f"/v1/topics/{TOPIC}/messages", body), self.stop)
 
     # -- readers ----------------------------------------------------------------------------
     async def reader(self, worker: int) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from chaos.client import Http, Outcome
 from chaos.history import FAIL, OK, History
-from chaos.workload import BACKOFF_MAX_S, BACKOFF_S, RETIRE_CODES, RETRIES_MAX, Target
+from chaos.workload import BACKOFF_MAX_S, BACKOFF_S, RETIRE_CODES, RETRIES_MAX, Target, until_done
 
 IN_QUEUE = "chaos-in"
 OUT_QUEUE = "chaos-out"
@@ -136,17 +136,9 @@ class TxnWorkload:
         body = {"messages": [{"body": v} for v in values],
                 "producer": {"id": pid, "epoch": epoch, "seq": seq}}
         value = {"values": values, "producer": pid, "seq": seq}
-        delay = BACKOFF_S
-        for _attempt in range(RETRIES_MAX):
-            out = await self._op(process, "txn-in-publish", value, rng.choice(self.targets),
-                                 "POST", f"/v1/queues/{IN_QUEUE}/messages", body)
-            if out.type == OK:
-                return True
-            if out.type == FAIL and (out.code in RETIRE_CODES or self.stop.is_set()):
-                return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
-        return False
+        return await until_done(
+            lambda: self._op(process, "txn-in-publish", value, rng.choice(self.targets),
+                             "POST", f"/v1/queues/{IN_QUEUE}/messages", body), self.stop)
 
     # -- transformers -----------------------------------------------------------------------
     async def transformer(self, worker: int) -> None:

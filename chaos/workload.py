@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,22 @@ class WorkloadConfig:
 class Target:
     node_id: str
     url: str
+
+
+async def until_done(attempt: Callable[[], Awaitable[Outcome]], stop: asyncio.Event) -> bool:
+    """Retry one exactly-once publish (the same producer seq each time) with backoff until it
+    is ok. False when the producer is retired (fenced, unknown, out of order: the caller
+    registers a new one), on a failure once the run is stopping, or after RETRIES_MAX."""
+    delay = BACKOFF_S
+    for _attempt in range(RETRIES_MAX):
+        out = await attempt()
+        if out.type == OK:
+            return True
+        if out.type == FAIL and (out.code in RETIRE_CODES or stop.is_set()):
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, BACKOFF_MAX_S)
+    return False
 
 
 @dataclass
@@ -132,19 +149,9 @@ class Workload:
         body = {"messages": [{"body": v} for v in values],
                 "producer": {"id": pid, "epoch": epoch, "seq": seq}}
         value = {"values": values, "producer": pid, "epoch": epoch, "seq": seq}
-        delay = BACKOFF_S
-        for _attempt in range(RETRIES_MAX):
-            out = await self._op(process, "publish", value, rng.choice(self.targets), "POST",
-                                 f"/v1/queues/{self.cfg.queue}/messages", body)
-            if out.type == OK:
-                return True
-            if out.type == FAIL and out.code in RETIRE_CODES:
-                return False
-            if self.stop.is_set() and out.type == FAIL:
-                return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
-        return False
+        return await until_done(
+            lambda: self._op(process, "publish", value, rng.choice(self.targets), "POST",
+                             f"/v1/queues/{self.cfg.queue}/messages", body), self.stop)
 
     # -- consumers --------------------------------------------------------------------------
     async def consumer(self, worker: int) -> None:

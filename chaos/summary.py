@@ -20,25 +20,29 @@ def _row(r: dict[str, Any]) -> str:
     bad = {c: n for c, n in r["anomaly_counts"].items() if n}
     acked = r["queue"]["stats"]["publish_acked"] + r.get("topic", {}).get("stats", {}).get(
         "publish_acked", 0)
+    txn = r.get("txn", {}).get("stats", {})
+    committed = txn.get("committed", "-") if txn else "-"
     rec = r["availability"].get("recovery_s_max")
     verdict = "valid" if r["valid"] else f"**INVALID** {json.dumps(bad)}"
     error = r["phases"].get("error")
     if error:
         verdict += f" ({error})"
     return (f"| {r['seed']} | {r['nodes']} | {r['workload']} | {kinds} | {r['ops']} | {acked} | "
-            f"{rec if rec is not None else '-'} | {verdict} |")
+            f"{committed} | {rec if rec is not None else '-'} | {verdict} |")
 
 
 def markdown(reports: list[dict[str, Any]]) -> str:
     lines = ["| seed | nodes | workload | faults (in order) | ops | acked publishes | "
-             "max s heal->first ok write | verdict |", "|---|---|---|---|---|---|---|---|"]
+             "committed txns | max s heal->first ok write | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
     lines += [_row(r) for r in reports]
     total_ops = sum(r["ops"] for r in reports)
     faults = sum(len(r["schedule"]) for r in reports)
     invalid = [r["seed"] for r in reports if not r["valid"]]
     seconds = sum(r["duration_s"] for r in reports)
+    txns = sum(r.get("txn", {}).get("stats", {}).get("committed", 0) for r in reports)
     lines.append("")
     lines.append(f"{len(reports)} runs, {seconds / 60:.0f} min of faults and load, "
-                 f"{faults} faults, {total_ops} history events; "
+                 f"{faults} faults, {total_ops} history events, {txns} committed transactions; "
                  f"invalid runs: {invalid or 'none'}.")
     return "\n".join(lines) + "\n"

@@ -45,9 +45,13 @@ def test_campaign_summary_table_names_invalid_seeds(tmp_path: Path) -> None:
                        "anomaly_counts": {"lost": 0 if valid else 3},
                        "queue": {"stats": {"publish_acked": 5}},
                        "availability": {"recovery_s_max": 0.5}, "phases": {}}
+        if seed == 2:  # a mixed run carries its transactions
+            report_json["txn"] = {"stats": {"committed": 7}}
         (tmp_path / f"seed-{seed}" / "report.json").write_text(json.dumps(report_json))
     table = markdown(load_reports([tmp_path]))
-    assert "| 1 | 3 | queue | kill-one | 10 | 5 | 0.5 | valid |" in table
+    assert "| 1 | 3 | queue | kill-one | 10 | 5 | - | 0.5 | valid |" in table
+    assert "| 2 | 3 | queue | kill-one | 10 | 5 | 7 | 0.5 | **INVALID**" in table
+    assert "7 committed transactions" in table
     assert '**INVALID** {"lost": 3}' in table
     assert "invalid runs: [2]" in table
 

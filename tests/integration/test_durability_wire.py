@@ -86,8 +86,8 @@ def test_entries_across_every_chunk_boundary_replicate(tmp_path: Path) -> None:
         # Each bad-window entry sent alone is relabelled once per follower (22-26 on a quiet
         # host for 11 entries). Under load a lagging follower catches up with several entries
         # per message, framed differently (often needing no relabel; one CI run: 10), so the
-        # count is not fixed; the fix path must still be well exercised. The checks after it (no truncated
-        # pickle, every acked entry on every node) are what prove the fix.
+        # count is not fixed; the fix path must still be well exercised. The checks after it
+        # (no truncated pickle, every acked entry on every node) are what prove the fix.
         assert relabelled >= bad_count // 2, f"only {relabelled} relabelled for {bad_count}"
         assert "pickle data was truncated" not in tick_failures(cluster)
         acked = set(cluster.nodes[0].acks())

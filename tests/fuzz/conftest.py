@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, running_cluster
 
 FUZZ_EXAMPLES_DEFAULT = 100
 
@@ -35,10 +35,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="module")
 def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One 3-node cluster for a whole module of tests that do not kill nodes."""
-    c = Cluster(tmp_path_factory.mktemp("fuzz"), size=3)
-    try:
-        c.start()
-        c.wait_ready()
+    with running_cluster(tmp_path_factory.mktemp("fuzz"), size=3) as c:
         yield c
-    finally:
-        c.stop()

@@ -24,7 +24,7 @@ from tests.fuzz.test_api_fuzz import (
     path_params,
     send,
 )
-from tests.support.cluster import Cluster, http
+from tests.support.cluster import Cluster, http, running_cluster
 
 ADMIN = "fuzz-admin-token-0123456789abcdef"
 PRODUCER = "fuzz-producer-token-0123456789abcdef"
@@ -80,13 +80,9 @@ HOSTILE_BODIES = [b"", b"{}", b"\xff\xfe", b"[" * 1000, b'{"messages": [{"body":
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = Path(tmp_path_factory.mktemp("fuzz-auth"))
     (root / "tokens.toml").write_text(TOKENS)
-    c = Cluster(root, size=1, extra_config='auth_file = "tokens.toml"', token=ADMIN)
-    try:
-        c.start()
-        c.wait_ready()
+    with running_cluster(root, size=1, extra_config='auth_file = "tokens.toml"',
+                         token=ADMIN) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")

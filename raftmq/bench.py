@@ -8,6 +8,8 @@ In the spirit of `nats bench`. Workloads:
   topic-publish  POST batches to one topic
   topic-read     pre-fill a topic, then replay it from offset 0, `--batch` per request
   latency        one publish of one message at a time
+  failover       kill -9 the leader, time to the first acknowledged publish (bench_ops.py)
+  restart        RSS holding --count messages, kill -9 a follower, time until it is ready
 
 Without `--url` it starts its own local cluster (`raftmq cluster up` in a temp dir), waits
 for /readyz on every node, and stops it by PID at the end. Numbers: msg/s, MB/s (message
@@ -44,7 +46,9 @@ from typing import Any
 import aiohttp
 import msgpack
 
-WORKLOADS = ("publish", "receive", "e2e", "topic-publish", "topic-read", "latency")
+WORKLOADS = ("publish", "receive", "e2e", "topic-publish", "topic-read", "latency",
+             "failover", "restart")
+OPS_WORKLOADS = ("failover", "restart")  # raftmq/bench_ops.py: they kill and start nodes
 
 # Limits: each has a name, a default and a clear error (exit status 2).
 BATCH_MAX = 1000                 # API.md: 1,000 messages per batch
@@ -858,7 +862,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--consumers", type=int, default=0, help="e2e consumers (default: -c)")
     ap.add_argument("--batch", "-b", type=int, help="messages per request (default 100)")
     ap.add_argument("--size", type=int, default=256, help="message body bytes (default 256)")
-    ap.add_argument("--count", "-n", type=int, help="messages in total")
+    ap.add_argument("--count", "-n", type=int, help="messages in total (failover: rounds)")
     ap.add_argument("--duration", type=float, help="seconds to run instead of --count")
     ap.add_argument("--partitions", type=int, default=1, help="topic partitions")
     ap.add_argument("--prefill", type=int, default=0, help="receive/topic-read with "
@@ -899,6 +903,9 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             ap.error(f"{flag} {value}: must be within {low}..{high} ({name})")
     if args.count is not None and args.duration is not None:
         ap.error("--count and --duration exclude each other")
+    if args.workload in OPS_WORKLOADS and (args.url or args.standard):
+        ap.error(f"{args.workload} kills and starts nodes: it runs on a local cluster of its "
+                 "own (no --url, no --standard)")
     urls = [u.strip().rstrip("/") for item in args.url for u in item.split(",") if u.strip()]
     if any(not u.startswith(("http://", "https://")) for u in urls):
         ap.error(f"--url {urls}: each must start with http:// or https://")
@@ -915,6 +922,8 @@ def build_specs(args: argparse.Namespace) -> list[Spec]:
         return [replace(s, durability=args.durability, partitions=args.partitions)
                 for s in specs]
     workload = args.workload
+    if workload in OPS_WORKLOADS:  # --count: failover rounds / restart messages
+        return [Spec(workload, 1, 1, args.count, None, args.size)]
     batch = 1 if workload == "latency" else (args.batch or 100)
     conc = 1 if workload == "latency" else (args.concurrency or 16)
     count = args.count
@@ -980,6 +989,13 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
             urls = cluster.start()
             pids = cluster.pids
+        if specs[0].workload in OPS_WORKLOADS:
+            from raftmq import bench_ops
+            assert cluster is not None
+            result = asyncio.run(bench_ops.run_op(specs[0], cluster, urls, args.codec,
+                                                  args.quiet))
+            print(json.dumps(result, indent=1) if args.json else bench_ops.table(result))
+            return 0
         results = asyncio.run(run_specs(specs, urls, pids, args))
     except BenchError as exc:
         print(f"raftmq bench: {exc}", file=sys.stderr)

@@ -93,3 +93,43 @@ def test_sigterm_stops_the_cluster_it_started() -> None:
         if bench.poll() is None:
             bench.kill()
             bench.wait()
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 30)
+def test_failover_kills_the_leader_and_reports_the_first_ack_after_it() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "raftmq.bench", "failover", "--count", "2", "--json", "-q"],
+        cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert len(out["rounds"]) == 2
+    for r in out["rounds"]:
+        assert r["new_leader"] not in (None, r["killed"]), r
+        assert 0 < r["first_ack_s"] < 30 and r["acked_before"] > 0, r
+    f = out["first_ack_ms"]
+    assert f["min"] <= f["median"] <= f["max"]
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 30)
+def test_restart_reports_rss_and_the_time_until_the_node_holds_the_queue_again() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "raftmq.bench", "restart", "--count", "5000", "--json", "-q"],
+        cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["msgs"] == 5000 and len(out["rss_mb"]) == 3
+    assert all(v > 10 for v in out["rss_mb"].values()), out
+    assert 0 < out["ready_s"] <= out["all_messages_s"] < 300, out
+    assert out["rss_mb_after_restart"] > 10
+
+
+def test_failover_and_restart_refuse_a_given_cluster(capsys) -> None:
+    from raftmq import bench
+
+    for workload in ("failover", "restart"):
+        with pytest.raises(SystemExit) as exc:
+            bench.main([workload, "--url", "http://127.0.0.1:1"])
+        assert exc.value.code == 2
+        assert "local cluster of its own" in capsys.readouterr().err

@@ -59,6 +59,11 @@ LOG_COMPACTION_MIN_TIME_S = 300
 # Entries live in RAM (and the journal) until compaction: also compact past this much payload.
 LOG_COMPACTION_BYTES_MAX = 128 << 20
 CONNECTION_TIMEOUT_S = 3.5
+# Only the node with the higher address dials (pysyncobj `_shouldConnect`); its default retry,
+# 5 s, left a restarted lower-address node waiting up to 5 s for its peers to call back
+# (`raftmq bench restart`: ready 2.9-3.6 s after start with an almost empty log). A refused
+# connect on a dead peer costs one syscall, so retry every half second.
+CONNECTION_RETRY_S = 0.5
 # pysyncobj's TcpConnection copies its whole read/write buffer per recv/send (quadratic in the
 # backlog); bigger kernel buffers mean fewer, larger calls. 64 KiB default; 1 MiB measured
 # 150 -> 210 entries/s of 25 KB and 8 MiB entries 5.3 -> 1.2-2.3 s each (DESIGN.md, noisy host).
@@ -170,6 +175,7 @@ def _make_conf(
         "logCompactionMinEntries": LOG_COMPACTION_MIN_ENTRIES,
         "logCompactionMinTime": LOG_COMPACTION_MIN_TIME_S,
         "connectionTimeout": CONNECTION_TIMEOUT_S,
+        "connectionRetryTime": CONNECTION_RETRY_S,
         "sendBufferSize": SOCKET_BUFFER_BYTES,
         "recvBufferSize": SOCKET_BUFFER_BYTES,
     }

@@ -114,6 +114,7 @@ assert (c.raftMinTimeout, c.raftMaxTimeout) == (0.4, 1.4)
 assert abs(c.leaderFallbackTimeout - 2.8) < 1e-9
 assert c.appendEntriesBatchSizeBytes == 65536 and c.dynamicMembershipChange is True
 assert c.logCompactionMinEntries == 20000 and c.logCompactionMinTime == 300
+assert c.connectionRetryTime == 0.5  # a restarted lower-address node is called back soon
 assert c.bindAddress == "127.0.0.1:7001" and c.fullDumpFile and c.journalFile
 print("ok")
 """

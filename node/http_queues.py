@@ -74,6 +74,8 @@ async def receive(request: web.Request) -> web.Response:
     req = validate.receive_request(await read_body(request), context.limits)
     cmd = {"op": "queue.receive", "queue": name, "max_messages": req["max_messages"],
            "visibility_timeout_s": req["visibility_timeout_s"], "ack": req["ack"]}
+    if req["ack_receipts"] is not None:
+        cmd["ack_receipts"] = req["ack_receipts"]
     result = await receive_wait(context, request, cmd, time.monotonic() + req["wait_s"])
     if result is None:
         return web.Response(status=499)
@@ -85,16 +87,22 @@ async def receive_wait(context: NodeContext, request: web.Request, cmd: dict[str
     """Propose `cmd` (a queue.receive) once something is ready here or the deadline passed.
 
     Waiting costs nothing but a future: the node's apply notifier wakes it. A client that went
-    away before anything was received gets nothing proposed for it (None)."""
+    away before anything was received gets nothing proposed for it (None). `ack_receipts` do
+    not wait: the first proposal carries them, and their outcome is in the answer."""
     name = cmd["queue"]
+    acked: dict[str, Any] = {}
     while True:
         ready = context.read(lambda s, now: s.ready_count(name, now))
-        if ready != 0 or time.monotonic() >= deadline:  # < 0: unknown here; the leader decides
+        # ready < 0: unknown here; the leader decides
+        if ready != 0 or time.monotonic() >= deadline or "ack_receipts" in cmd:
             if client_gone(request):
                 return None
             result: dict[str, Any] = await context.propose(cmd)
+            if "ack_receipts" in cmd:
+                acked = {"acked": result["acked"], "stale": result["stale"]}
+                cmd = {k: v for k, v in cmd.items() if k != "ack_receipts"}
             if result["messages"] or time.monotonic() >= deadline:
-                return result
+                return {**result, **acked}
         if context.notifier.full():
             raise BrokerError("overloaded", "too many long polls in flight; retry later")
         await context.notifier.wait(deadline - time.monotonic())

@@ -176,10 +176,16 @@ class AsyncClient:
 
     async def receive(self, queue: str, max_messages: int = 1, wait_s: float = 0,
                       visibility_timeout_s: float | None = None,
-                      ack: str = "manual") -> list[Message]:
+                      ack: str = "manual", *,
+                      ack_receipts: Receipts | None = None) -> list[Message]:
+        """`ack_receipts` (earlier deliveries) are acked first, in the same request and Raft
+        entry, even when the receive then long-polls; stale ones are ignored (use `ack` to
+        see them)."""
         body: dict[str, Any] = {"max_messages": max_messages, "wait_s": wait_s, "ack": ack}
         if visibility_timeout_s is not None:
             body["visibility_timeout_s"] = visibility_timeout_s
+        if ack_receipts:
+            body["ack_receipts"] = receipts_of(ack_receipts)
         data = await self._http.call("POST", f"/v1/queues/{_q(queue)}/receive", body,
                                      extra_wait_s=float(wait_s))
         return [Message.from_api(m, queue) for m in data.get("messages", [])]

@@ -95,10 +95,12 @@ class Spec:
     durability: str | None = None  # queue/topic config; None: the server's default (fsync)
     prefill: int = 0            # receive/topic-read with duration_s: messages put in first
     consistency: str | None = None  # topic-read: consistency= of each read (None: the default)
+    ack_next: bool = False      # receive/e2e: ack a batch in the next receive (ack_receipts)
     label: str = ""
 
     def name(self) -> str:
-        return self.label or f"{self.workload} b{self.batch} c{self.concurrency}"
+        suffix = " ack-next" if self.ack_next else ""
+        return self.label or f"{self.workload} b{self.batch} c{self.concurrency}{suffix}"
 
 
 def standard_set(size_bytes: int, count: int | None, duration_s: float | None) -> list[Spec]:
@@ -110,6 +112,7 @@ def standard_set(size_bytes: int, count: int | None, duration_s: float | None) -
         spec("publish", 1, 64, 20_000),
         spec("publish", 100, 16, 200_000),
         spec("receive", 100, 8, 100_000),
+        spec("receive", 100, 8, 100_000, ack_next=True),
         spec("e2e", 100, 4, 100_000, consumers=4),
         spec("latency", 1, 1, 2_000),
         spec("topic-publish", 100, 16, 200_000),
@@ -461,7 +464,11 @@ def consumers_finished(run: Run) -> bool:
 
 
 async def receive_worker(run: Run, worker: int, wait_s: float) -> None:
-    """Receive up to `batch`, ack them in one request; until the target or the queue is empty."""
+    """Receive up to `batch`, ack them in one request; until the target or the queue is empty.
+    With `ack_next` the ack of a batch rides on the next receive (`ack_receipts`)."""
+    if run.spec.ack_next:
+        await receive_ack_next_worker(run, worker, wait_s)
+        return
     stats, codec = run.consumers, run.client.codec
     base = run.queue_url(worker)
     recv_body = codec.dumps({"max_messages": run.spec.batch, "wait_s": wait_s})
@@ -483,6 +490,43 @@ async def receive_worker(run: Run, worker: int, wait_s: float) -> None:
         status, _raw, latency_s = await timed(stats, run.client, "POST", base + "/ack", ack)
         if status == 200:
             stats.ok(latency_s, len(msgs), sum(len(m["body"]) for m in msgs))
+
+
+async def receive_ack_next_worker(run: Run, worker: int, wait_s: float) -> None:
+    """One request per batch: each receive acks the batch before it; the last batch is acked
+    alone. A message counts once its ack is answered."""
+    stats, codec = run.consumers, run.client.codec
+    base = run.queue_url(worker)
+    held: list[dict[str, Any]] = []  # received, ack not yet sent
+
+    def acked(msgs: list[dict[str, Any]], latency_s: float) -> None:
+        stats.ok(latency_s, len(msgs), sum(len(m["body"]) for m in msgs))
+
+    while not consumers_finished(run):
+        body: dict[str, Any] = {"max_messages": run.spec.batch, "wait_s": wait_s}
+        if held:
+            body["ack_receipts"] = [m["receipt"] for m in held]
+        status, raw, latency_s = await timed(stats, run.client, "POST", base + "/receive",
+                                             codec.dumps(body))
+        if status != 200:
+            continue
+        answer = codec.loads(raw)
+        if held:
+            acked(held, latency_s)
+            held = []
+        else:
+            stats.requests += 1
+            stats.latencies_s.append(latency_s)
+        held = answer["messages"]
+        now_ms = time.time() * 1000.0
+        stats.e2e_ms.extend(now_ms - m["published_at"] for m in held)
+        if not held and run.producers_done:
+            return
+    if held:
+        ack = codec.dumps({"receipts": [m["receipt"] for m in held]})
+        status, _raw, latency_s = await timed(stats, run.client, "POST", base + "/ack", ack)
+        if status == 200:
+            acked(held, latency_s)
 
 
 async def topic_read_worker(run: Run, worker: int, budget: Budget) -> None:
@@ -868,6 +912,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--prefill", type=int, default=0, help="receive/topic-read with "
                     f"--duration: messages put in first (default {PREFILL_DEFAULT:,})")
     ap.add_argument("--durability", choices=("fsync", "memory"), help="queue/topic durability")
+    ap.add_argument("--ack-next", action="store_true",
+                    help="receive/e2e: ack each batch in the next receive (ack_receipts)")
     ap.add_argument("--consistency", choices=("local", "leader", "linearizable"),
                     help="topic-read: the reads' consistency (default: the server's, "
                          "linearizable; replay readers often choose local)")
@@ -901,6 +947,8 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for flag, value, low, high, name in limits:
         if value is not None and not low <= value <= high:
             ap.error(f"{flag} {value}: must be within {low}..{high} ({name})")
+    if args.ack_next and args.workload not in ("receive", "e2e"):
+        ap.error("--ack-next: only for the receive and e2e workloads")
     if args.count is not None and args.duration is not None:
         ap.error("--count and --duration exclude each other")
     if args.workload in OPS_WORKLOADS and (args.url or args.standard):
@@ -931,7 +979,7 @@ def build_specs(args: argparse.Namespace) -> list[Spec]:
         count = default_count(workload, batch)
     return [Spec(workload, batch, conc, count, args.duration, args.size, args.consumers,
                  args.partitions, durability=args.durability, prefill=args.prefill,
-                 consistency=args.consistency)]
+                 consistency=args.consistency, ack_next=args.ack_next)]
 
 
 def fmt(value: float | None, digits: int = 0) -> str:

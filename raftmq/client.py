@@ -149,9 +149,10 @@ class Client:
         return self._run(self._aio.publish(queue, messages))
 
     def receive(self, queue: str, max_messages: int = 1, wait_s: float = 0,
-                visibility_timeout_s: float | None = None, ack: str = "manual") -> list[Message]:
+                visibility_timeout_s: float | None = None, ack: str = "manual", *,
+                ack_receipts: Receipts | None = None) -> list[Message]:
         return self._run(self._aio.receive(queue, max_messages, wait_s, visibility_timeout_s,
-                                           ack))
+                                           ack, ack_receipts=ack_receipts))
 
     def messages(self, queue: str, *, wait_s: float = 20, max_messages: int = 10,
                  visibility_timeout_s: float | None = None,

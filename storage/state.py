@@ -117,10 +117,15 @@ class BrokerState:
     def _q_receive(self, cmd: Result) -> Result:
         name = self._queue_name(cmd)
         req = validate.receive_request(
-            {k: cmd[k] for k in ("max_messages", "visibility_timeout_s", "ack") if k in cmd},
-            self.limits)
-        return self.queues.receive(name, req["max_messages"], req["visibility_timeout_s"],
-                                   req["ack"] == "auto", self.now_ms)
+            {k: cmd[k] for k in ("max_messages", "visibility_timeout_s", "ack", "ack_receipts")
+             if k in cmd}, self.limits)
+        acked: Result = {}
+        if req["ack_receipts"] is not None:  # raises not_found before anything changed
+            acked = self.queues.ack(name, req["ack_receipts"], self.now_ms)
+        result = self.queues.receive(name, req["max_messages"], req["visibility_timeout_s"],
+                                     req["ack"] == "auto", self.now_ms)
+        result.update(acked)
+        return result
 
     def _q_ack(self, cmd: Result) -> Result:
         name = self._queue_name(cmd)

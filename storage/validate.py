@@ -294,6 +294,7 @@ def receive_request(body: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any
     ack = raw.get("ack", "manual")
     if ack not in ACK_MODES:
         raise bad("ack", "must be manual or auto")
+    acks = raw.get("ack_receipts")
     return {
         "max_messages": count(raw.get("max_messages", 1), "max_messages", minimum=1,
                               maximum=limits.receive_max_messages),
@@ -301,6 +302,8 @@ def receive_request(body: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any
         "visibility_timeout_s": None if vis is None else seconds(
             vis, "visibility_timeout_s", maximum=limits.visibility_timeout_s_max),
         "ack": ack,
+        # Ack these earlier deliveries first, in the same command ("ack previous, receive next").
+        "ack_receipts": None if acks is None else receipts_list(acks, limits, "ack_receipts"),
     }
 
 

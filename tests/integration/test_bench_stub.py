@@ -33,6 +33,7 @@ class StubBroker:
         self.in_flight: dict[str, dict[str, Any]] = {}
         self.topics: dict[str, list[dict[str, Any]]] = {}
         self.published = self.acked = self.next_id = 0
+        self.acks_in_receive = 0  # acks that came as a receive's ack_receipts
         self.content_types: set[str] = set()
         self.refuse_next = 0  # answer this many publishes 503 `unavailable` (not applied)
         self.read_levels: set[str | None] = set()  # consistency= of the topic reads seen
@@ -84,6 +85,10 @@ class StubBroker:
     async def receive(self, request: web.Request) -> web.Response:
         req = await self.body(request)
         queue = self.queues[request.match_info["q"]]
+        acks = req.get("ack_receipts") or []
+        acked = [r for r in acks if self.in_flight.pop(r, None) is not None]
+        self.acked += len(acked)
+        self.acks_in_receive += len(acked)
         out = []
         while queue and len(out) < req.get("max_messages", 1):
             m = dict(queue.popleft(), receipt=f"r{m_id()}")
@@ -91,7 +96,10 @@ class StubBroker:
             out.append(m)
         if not out and req.get("wait_s"):
             await asyncio.sleep(0.01)
-        return self.answer(request, {"messages": out})
+        answer: dict[str, Any] = {"messages": out}
+        if acks:
+            answer.update(acked=len(acked), stale=[])
+        return self.answer(request, answer)
 
     async def ack(self, request: web.Request) -> web.Response:
         receipts = (await self.body(request))["receipts"]
@@ -212,6 +220,15 @@ def test_receive_drains_the_prefilled_queue(stub, capsys) -> None:
     [r] = run_bench(capsys, "receive", "--url", url, "-n", "500", "-b", "50", "-c", "3")
     assert r["msgs"] == 500
     assert broker.acked == 500 and broker.in_flight == {}
+
+
+def test_receive_ack_next_acks_each_batch_in_the_next_receive(stub, capsys) -> None:
+    broker, url = stub
+    [r] = run_bench(capsys, "receive", "--url", url, "-n", "500", "-b", "50", "-c", "3",
+                    "--ack-next")
+    assert r["msgs"] == 500 and r["label"] == "receive b50 c3 ack-next"
+    assert broker.acked == 500 and broker.in_flight == {}
+    assert broker.acks_in_receive >= 500 - 3 * 50  # at most each worker's last batch alone
 
 
 def test_e2e_consumes_what_producers_published(stub, capsys) -> None:

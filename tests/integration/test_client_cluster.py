@@ -33,6 +33,19 @@ def test_publish_through_a_follower_receive_and_ack_through_another(
         assert info["stats"]["ready"] == 0 and info["stats"]["in_flight"] == 0
 
 
+def test_receive_acks_the_previous_batch_in_the_same_request(shared_cluster: Cluster) -> None:
+    with raftmq.Client(urls(shared_cluster)) as mq:
+        mq.create_queue("c-acknext")
+        mq.publish("c-acknext", ["a", "b", "c"])
+        first = mq.receive("c-acknext", max_messages=2)
+        rest = mq.receive("c-acknext", max_messages=2, ack_receipts=first)
+        assert [m.body for m in rest] == ["c"]
+        stats = mq.queue_info("c-acknext")["stats"]
+        assert (stats["in_flight"], stats["acked_total"]) == (1, 2)
+        assert mq.receive("c-acknext", ack_receipts=rest) == []
+        assert mq.queue_info("c-acknext")["stats"]["acked_total"] == 3
+
+
 def test_stale_receipt_after_redelivery_does_not_ack(shared_cluster: Cluster) -> None:
     with raftmq.Client(urls(shared_cluster)) as mq:
         mq.create_queue("c-vis")

@@ -87,6 +87,38 @@ def test_long_poll_is_woken_by_a_publish_on_another_node(shared_cluster: Cluster
     assert result["elapsed_s"] < 10, "the poll returned by timeout, not by the publish"
 
 
+def test_receive_acks_the_previous_batch_even_while_it_long_polls(
+        shared_cluster: Cluster) -> None:
+    a, b = shared_cluster.nodes[1], shared_cluster.nodes[2]
+    assert http("PUT", f"{a.url}/v1/queues/acknext").status == 201
+    publish(a.url, "acknext", ["m1", "m2", "m3"])
+    first = receive(a.url, "acknext", max_messages=2)
+    r = http("POST", f"{a.url}/v1/queues/acknext/receive",
+             {"max_messages": 2, "ack_receipts": [m["receipt"] for m in first] + ["1.1"]})
+    assert r.status == 200, r.body
+    assert [m["body"] for m in r.body["messages"]] == ["m3"]
+    assert (r.body["acked"], r.body["stale"]) == (2, ["1.1"])
+    last = r.body["messages"]
+    result: dict[str, Any] = {}
+
+    def poll() -> None:  # nothing is ready: the ack must not wait for the long poll
+        result["answer"] = http("POST", f"{a.url}/v1/queues/acknext/receive",
+                                {"wait_s": 15, "ack_receipts": [last[0]["receipt"]]}).body
+
+    t = threading.Thread(target=poll)
+    t.start()
+    wait_until(lambda: long_polls_waiting(a.url) >= 1, what="the poll waiting on node a")
+    stats = http("GET", f"{b.url}/v1/queues/acknext").body["stats"]
+    assert (stats["in_flight"], stats["acked_total"]) == (0, 3), stats
+    publish(b.url, "acknext", ["m4"])
+    t.join(timeout=20)
+    answer = result["answer"]
+    assert [m["body"] for m in answer["messages"]] == ["m4"]
+    assert (answer["acked"], answer["stale"]) == (1, [])
+    r = http("POST", f"{a.url}/v1/queues/acknext/receive", {"ack_receipts": "x"})
+    assert r.status == 400 and "ack_receipts" in r.body["error"]["message"], r.body
+
+
 def long_polls_waiting(url: str) -> int:
     text = http("GET", f"{url}/metrics").body
     for line in text.splitlines():

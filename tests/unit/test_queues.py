@@ -114,6 +114,35 @@ def test_fifo_receive_and_ack_removes(b: Broker) -> None:
     assert (s["ready"], s["in_flight"], s["published_total"], s["acked_total"]) == (0, 1, 3, 2)
 
 
+def test_receive_can_ack_the_previous_batch_first(b: Broker) -> None:
+    b.create("q")
+    b.publish("q", "m1", "m2", "m3", "m4")
+    first = b.receive("q", 2)
+    receipts = [m["receipt"] for m in first]
+    result = b.ok(op="queue.receive", queue="q", max_messages=2,
+                  ack_receipts=[*receipts, "99.99"])
+    assert [m["body"] for m in result["messages"]] == [b"m3", b"m4"]
+    assert (result["acked"], result["stale"]) == (2, ["99.99"])
+    s = b.stats()
+    assert (s["ready"], s["in_flight"], s["acked_total"]) == (0, 2, 2)
+    # the ack applies even when nothing is ready
+    last = [m["receipt"] for m in result["messages"]]
+    empty = b.ok(op="queue.receive", queue="q", max_messages=5, ack_receipts=last)
+    assert empty == {"messages": [], "acked": 2, "stale": []}
+    assert b.stats()["in_flight"] == 0
+
+
+def test_receive_with_acks_on_a_missing_queue_changes_nothing(b: Broker) -> None:
+    b.create("q")
+    b.publish("q", "m1")
+    [m] = b.receive("q", 1)
+    b.err("queue_not_found", op="queue.receive", queue="other", max_messages=1,
+          ack_receipts=[m["receipt"]])
+    b.err("invalid_request", op="queue.receive", queue="q", max_messages=0,
+          ack_receipts=[m["receipt"]])
+    assert b.stats()["in_flight"] == 1 and b.stats()["acked_total"] == 0
+
+
 def test_receive_empty_queue_returns_empty_list(b: Broker) -> None:
     b.create("q")
     assert b.receive("q") == []

@@ -98,7 +98,8 @@ def test_publish_limits() -> None:
 
 def test_receive_request() -> None:
     assert validate.receive_request({}) == {"max_messages": 1, "wait_s": 0,
-                                            "visibility_timeout_s": None, "ack": "manual"}
+                                            "visibility_timeout_s": None, "ack": "manual",
+                                            "ack_receipts": None}
     r = validate.receive_request({"max_messages": 1000, "wait_s": 20, "ack": "auto",
                                   "visibility_timeout_s": 0})
     assert r["max_messages"] == 1000 and r["ack"] == "auto" and r["visibility_timeout_s"] == 0
@@ -106,6 +107,10 @@ def test_receive_request() -> None:
     fails("invalid_request", "max_messages", validate.receive_request, {"max_messages": 1001})
     fails("invalid_request", "wait_s", validate.receive_request, {"wait_s": 21})
     fails("invalid_request", "ack", validate.receive_request, {"ack": "sometimes"})
+    assert validate.receive_request({"ack_receipts": ["1.2"]})["ack_receipts"] == ["1.2"]
+    fails("invalid_request", "ack_receipts", validate.receive_request, {"ack_receipts": []})
+    fails("invalid_request", "ack_receipts[1]", validate.receive_request,
+          {"ack_receipts": ["1.2", 7]})
 
 
 def test_receipts_and_producer_ref() -> None:

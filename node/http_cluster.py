@@ -239,6 +239,10 @@ class BrokerCollector(Collector):
              1 if status.role == "leader" else 0),
             ("raftmq_raft_elections_started_total", "Elections this node started (as candidate)",
              self.context.replica.stats().get("elections_started", 0)),
+            ("raftmq_raft_elections_averted_total",
+             "Expired election timers whose leader append was already waiting unread (a stall "
+             "of this node, not of the leader)",
+             self.context.replica.stats().get("elections_averted", 0)),
             ("raftmq_reads_linearizable_total", "Reads that waited for a Raft barrier",
              barrier.waits if barrier else 0),
             ("raftmq_read_barriers_total", "No-ops proposed for reads (shared by concurrent reads)",

@@ -51,6 +51,18 @@ _fdatasync_impl: Callable[[int], None] = os.fdatasync
 FATAL_IO_EXIT_CODE = 75  # EX_TEMPFAIL: a write or fsync failed; never ack after that
 CRASH_AT_ENV = "RAFTMQ_TEST_CRASH_AT"  # test only: "step[:kill|stop],..." (see crash_point)
 POWERLOSS_DIR_ENV = "RAFTMQ_TEST_POWERLOSS_DIR"  # test only: record what each fsync made durable
+SLOW_FDATASYNC_ENV = "RAFTMQ_TEST_SLOW_FDATASYNC_MS"  # test only: a disk this much slower
+
+
+def _slow_fdatasync(delay_s: float) -> Callable[[int], None]:
+    def slow(fd: int) -> None:
+        time.sleep(delay_s)
+        os.fdatasync(fd)
+    return slow
+
+
+if os.environ.get(SLOW_FDATASYNC_ENV):
+    _fdatasync_impl = _slow_fdatasync(int(os.environ[SLOW_FDATASYNC_ENV]) / 1000)
 
 
 def _fatal(what: str, err: OSError) -> NoReturn:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import os
 import struct
@@ -35,6 +36,7 @@ from replication.hardening import (
 )
 from replication.patches import journal_for
 from replication.proposer import Proposer, unpack_entry
+from replication.snapshots import SNAPSHOT_CHILD_NICE
 from replication.types import (
     BARRIER_TIMEOUT_S_DEFAULT,
     LOOP_TICK_INTERVAL_MS_DEFAULT,
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj _RAFT_STATE
+_LEADER_STATE = 2
 _RAFT_STATE_ATTR = "_SyncObj__raftState"  # read-only; asserted present at start-up
 # Written by the join guard (below); each asserted present at start-up.
 _ELECTION_DEADLINE_ATTR = "_SyncObj__raftElectionDeadline"
@@ -276,6 +279,8 @@ def _export_child(state: StateMachine, fd: int) -> None:
     by threads that do not exist in the child), never return into the parent's code."""
     code = 1
     try:
+        gc.disable()  # as the Raft snapshot child (replication/snapshots.py): no COW for GC,
+        os.nice(SNAPSHOT_CHILD_NICE)  # and the node's heartbeats go first
         data = state.encode_snapshot()
         view = memoryview(EXPORT_LENGTH.pack(len(data)) + data)
         while view:
@@ -337,11 +342,21 @@ class RaftWatch:
     appends (every 0.1 s) reach it well inside its next timeout (>= raftMinTimeout). A real
     leaderless cluster still elects: one timeout after the last connection.
 
+    Stall guard: pysyncobj's tick checks the election timer first and reads the network last.
+    A follower whose Raft thread stalled past its timeout (a slow fdatasync while snapshot
+    children wrote 170 MB each, a GC pause, no CPU) started an election although the leader's
+    appends were waiting unread in its socket: `raftmq bench restart` saw one in every 1M-message
+    fill. When the timer has run out, the guard first reads what already arrived (a zero-timeout
+    poll, as if the previous tick had ended a moment later); a live leader's append restarts
+    the timer, from the end of that read; a dead leader sends nothing and the election goes
+    ahead. Raft's safety never depends on the timer, only how soon a dead leader is replaced.
+
     Everything here runs on the Raft thread, except `seen_leader`, which the loop may also set.
     """
 
     def __init__(self, sync: Any, node_id: str) -> None:
-        for attr in (_ELECTION_DEADLINE_ATTR, _RAFT_TIMEOUT_FN, _SET_TERM_FN, _TRANSPORT_ATTR):
+        for attr in (_ELECTION_DEADLINE_ATTR, _RAFT_TIMEOUT_FN, _SET_TERM_FN, _TRANSPORT_ATTR,
+                     _RAFT_STATE_ATTR, "_onTick", "_poller"):
             assert hasattr(sync, attr), f"pysyncobj internals changed ({attr})"
         self.sync = sync
         self.node_id = node_id
@@ -349,12 +364,33 @@ class RaftWatch:
         self.seen_leader = False
         self.elections_started = 0
         self.timer_restarts = 0
+        self.stalls_read_first = 0  # expired timers that read the network before electing
+        self.elections_averted = 0  # ... and found the leader's append there
+        self._on_tick_inner = sync._onTick
+        sync._onTick = self._on_tick  # the tick thread looks it up on the instance each tick
         transport = getattr(sync, _TRANSPORT_ATTR)
         self._on_connected_inner = transport._onNodeConnectedCallback
         assert callable(self._on_connected_inner), "pysyncobj transport callback missing"
         self._set_term_inner = getattr(sync, _SET_TERM_FN)
         setattr(sync, _SET_TERM_FN, self._set_current_term)
         transport.setOnNodeConnectedCallback(self._on_connected)
+
+    def _on_tick(self, time_to_wait: float) -> None:  # Raft thread
+        sync = self.sync
+        deadline = getattr(sync, _ELECTION_DEADLINE_ATTR)
+        if (getattr(sync, _RAFT_STATE_ATTR) != _LEADER_STATE and deadline < raft_monotonic()
+                and getattr(sync, _TRANSPORT_ATTR).ready):
+            self.stalls_read_first += 1
+            sync._poller.poll(0)
+            if getattr(sync, _ELECTION_DEADLINE_ATTR) != deadline:
+                # The leader is alive; its append reset the timer when read, but reading it may
+                # have cost another slow fsync (the ack waits for it): count from now.
+                timeout_s = getattr(sync, _RAFT_TIMEOUT_FN)()
+                setattr(sync, _ELECTION_DEADLINE_ATTR, raft_monotonic() + timeout_s)
+                self.elections_averted += 1
+                log.info("event=election_averted node=%s reason=leader_append_unread_after_stall "
+                         "overdue_ms=%d", self.node_id, (raft_monotonic() - deadline) * 1000)
+        self._on_tick_inner(time_to_wait)
 
     def _on_connected(self, node: Any) -> None:  # Raft thread
         self._on_connected_inner(node)
@@ -613,6 +649,7 @@ class Replica:
             "apply_errors": core.apply_errors,
             "elections_started": self._raft_watch.elections_started,
             "election_timer_restarts": self._raft_watch.timer_restarts,
+            "elections_averted": self._raft_watch.elections_averted,
             "listener_wakeups": self.listener_wakeups,
             "submit_pipe_writes": notifier.writes if notifier else 0,
             "submit_pipe_writes_skipped": notifier.skipped if notifier else 0,

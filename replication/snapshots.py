@@ -20,6 +20,7 @@ A corrupt file is an error at start-up (`check_data_dir`) and never replaces our
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import struct
@@ -42,6 +43,9 @@ SNAPSHOT_VERSION = 1
 _HEAD = struct.Struct("<8sIIQI")  # magic, version, meta_len, state_len, crc32
 SNAPSHOT_LOAD_FAILED_EXIT_CODE = 78  # EX_CONFIG: a snapshot we must load is corrupt
 SNAPSHOT_DELAY_ENV = "RAFTMQ_TEST_SNAPSHOT_DELAY_MS"  # test only: widen the crash windows
+# The child encodes the whole state (seconds with a million messages) while its parent keeps
+# answering Raft: it yields the CPU to its parent's heartbeats and acks.
+SNAPSHOT_CHILD_NICE = 10
 
 # pysyncobj.config.SERIALIZER_STATE values (asserted in hardening._assert_serializer_states)
 NOT_SERIALIZING, SERIALIZING, SUCCESS, FAILED = 0, 1, 2, 3
@@ -167,6 +171,8 @@ class ForkSnapshotter:
     def _child(self, snap: SnapshotFile) -> None:
         code = 1
         try:
+            gc.disable()  # it exits when done: a collection would only copy-on-write pages
+            os.nice(SNAPSHOT_CHILD_NICE)
             delay_ms = int(os.environ.get(SNAPSHOT_DELAY_ENV, "0"))
             if delay_ms:
                 time.sleep(delay_ms / 1000)

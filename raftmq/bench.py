@@ -1063,4 +1063,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the module as `raftmq.bench`, not `__main__`: bench_ops imports raftmq.bench, and two
+    # copies would have two BenchError classes (a failed failover/restart run was a traceback).
+    from raftmq.bench import main as canonical_main
+    sys.exit(canonical_main())

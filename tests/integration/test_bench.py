@@ -119,7 +119,7 @@ def test_restart_reports_rss_and_the_time_until_the_node_holds_the_queue_again()
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
-    assert out["msgs"] == 5000 and len(out["rss_mb"]) == 3
+    assert out["msgs"] >= 5000 and len(out["rss_mb"]) == 3
     assert all(v > 10 for v in out["rss_mb"].values()), out
     assert 0 < out["ready_s"] <= out["all_messages_s"] < 300, out
     assert out["rss_mb_after_restart"] > 10

@@ -25,9 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # (row title, raftmq label, peers test, latency field used for both)
 ROWS = [
     ("publish, batched / pipelined", "publish b100 c16", "pub_pipe", None),
+    ("publish, largest batches", "publish b1000 c4", "pub_pipe", None),
     ("publish, 1 msg per request, 64 in flight", "publish b1 c64", "pub_pipe", None),
     ("publish, one at a time", "latency b1 c1", "pub_sync", "latency"),
     ("receive/consume + ack", "receive b100 c8", "consume", None),
+    ("receive + ack in the next receive", "receive b100 c8 ack-next", "consume", None),
+    ("receive/consume + ack, largest batches", "receive b1000 c4", "consume", None),
     ("end-to-end (producers + consumers)", "e2e b100 c4", "e2e", "e2e"),
     ("topic publish (b100)", "topic-publish b100 c16", None, None),
     ("topic read (replay, b1000)", "topic-read b1000 c4", None, None),

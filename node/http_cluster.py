@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -14,7 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from node import http_members
+from node import gc_pauses, http_members
 from node.app import Handler, NodeContext, ctx, set_stream_headers
 from node.codec import respond
 from replication.hardening import JOURNAL_FILE_NAME, durability_stats
@@ -239,6 +240,10 @@ class BrokerCollector(Collector):
              1 if status.role == "leader" else 0),
             ("raftmq_raft_elections_started_total", "Elections this node started (as candidate)",
              self.context.replica.stats().get("elections_started", 0)),
+            ("raftmq_gc_freezes_total", "Slow full garbage collections whose survivors were "
+             "frozen (node/gc_pauses.py)", gc_pauses.stats().freezes),
+            ("raftmq_gc_frozen_objects", "Objects in the permanent GC generation (not walked by "
+             "full collections)", gc.get_freeze_count()),
             ("raftmq_raft_elections_averted_total",
              "Expired election timers whose leader append was already waiting unread (a stall "
              "of this node, not of the leader)",
@@ -328,6 +333,11 @@ def setup_metrics(app: web.Application, context: NodeContext) -> None:
     registry.register(BrokerCollector(context))
     app[REGISTRY] = registry
     observe_fsyncs(context, registry)
+    full_gc = Histogram(
+        "raftmq_gc_full_collection_seconds", "Full (generation 2) garbage collections: the whole "
+        "process, Raft thread included, waits for each", registry=registry,
+        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+    gc_pauses.stats().observers[:] = [full_gc.observe]
     app[HTTP_DURATION] = Histogram(
         "raftmq_http_request_duration_seconds", "HTTP request latency",
         ["route", "method", "status"], registry=registry,

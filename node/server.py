@@ -16,6 +16,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from node import (
     auth,
+    gc_pauses,
     http_cluster,
     http_members,
     http_queues,
@@ -207,6 +208,7 @@ async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path,
     spec = cluster.node(node_id)
     data_dir.mkdir(parents=True, exist_ok=True)
     limits = limits_from(cluster)
+    gc_pauses.install()  # before the snapshot load, which may build a million objects
     replica = await Replica.start(
         ReplicaConfig(node_id=spec.id, raft_addr=spec.raft,
                       peers={n.id: n.raft for n in cluster.nodes if n.id != spec.id},

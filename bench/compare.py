@@ -32,6 +32,7 @@ ROWS = [
     ("receive + ack in the next receive", "receive b100 c8 ack-next", "consume", None),
     ("receive/consume + ack, largest batches", "receive b1000 c4", "consume", None),
     ("end-to-end (producers + consumers)", "e2e b100 c4", "e2e", "e2e"),
+    ("end-to-end, acks in the next receive", "e2e b100 c4 ack-next", "e2e", "e2e"),
     ("topic publish (b100)", "topic-publish b100 c16", None, None),
     ("topic read (replay, b1000)", "topic-read b1000 c4", None, None),
 ]

@@ -116,6 +116,7 @@ def standard_set(size_bytes: int, count: int | None, duration_s: float | None) -
         spec("receive", 100, 8, 100_000, ack_next=True),
         spec("receive", 1000, 4, 400_000),
         spec("e2e", 100, 4, 100_000, consumers=4),
+        spec("e2e", 100, 4, 100_000, consumers=4, ack_next=True),
         spec("latency", 1, 1, 2_000),
         spec("topic-publish", 100, 16, 200_000),
         spec("topic-read", 1000, 4, 100_000),

@@ -1045,6 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
             assert cluster is not None
             result = asyncio.run(bench_ops.run_op(specs[0], cluster, urls, args.codec,
                                                   args.quiet))
+            result["cluster"] = {"local": True, "urls": urls, "node_pids": cluster.pids}
             print(json.dumps(result, indent=1) if args.json else bench_ops.table(result))
             return 0
         results = asyncio.run(run_specs(specs, urls, pids, args))

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,14 +34,20 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.timeout(RUN_TIMEOUT_S + 30)
-def test_standard_set_runs_against_its_own_cluster_and_stops_it() -> None:
+def bench_json(*args: str) -> dict[str, Any]:
+    """`python -m raftmq.bench ARGS --json -q` on a local cluster of its own; its JSON."""
     proc = subprocess.run(
-        [sys.executable, "-m", "raftmq.bench", "--standard", "--count", "200", "--json", "-q"],
+        [sys.executable, "-m", "raftmq.bench", *args, "--json", "-q"],
         cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout)
+    out: dict[str, Any] = json.loads(proc.stdout)
+    return out
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 30)
+def test_standard_set_runs_against_its_own_cluster_and_stops_it() -> None:
+    out = bench_json("--standard", "--count", "200")
     results = out["results"]
     assert [r["label"] for r in results] == STANDARD
     for r in results:
@@ -99,32 +106,26 @@ def test_sigterm_stops_the_cluster_it_started() -> None:
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 30)
 def test_failover_kills_the_leader_and_reports_the_first_ack_after_it() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "raftmq.bench", "failover", "--count", "2", "--json", "-q"],
-        cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout)
+    out = bench_json("failover", "--count", "2")
     assert len(out["rounds"]) == 2
     for r in out["rounds"]:
         assert r["new_leader"] not in (None, r["killed"]), r
         assert 0 < r["first_ack_s"] < 30 and r["acked_before"] > 0, r
     f = out["first_ack_ms"]
     assert f["min"] <= f["median"] <= f["max"]
+    # the nodes it started again are stopped with the rest
+    assert len(out["cluster"]["node_pids"]) >= 6  # `cluster up`, 3 nodes, 2 restarts
+    assert not [p for p in out["cluster"]["node_pids"] if alive(p)]
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 30)
 def test_restart_reports_rss_and_the_time_until_the_node_holds_the_queue_again() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "raftmq.bench", "restart", "--count", "5000", "--json", "-q"],
-        cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout)
+    out = bench_json("restart", "--count", "5000")
     assert out["msgs"] >= 5000 and len(out["rss_mb"]) == 3
     assert all(v > 10 for v in out["rss_mb"].values()), out
     assert 0 < out["ready_s"] <= out["all_messages_s"] < 300, out
     assert out["rss_mb_after_restart"] > 10
+    assert not [p for p in out["cluster"]["node_pids"] if alive(p)]
 
 
 def test_failover_and_restart_refuse_a_given_cluster(capsys) -> None:

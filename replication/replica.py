@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pysyncobj import SyncObj, replicated
+from pysyncobj import FAIL_REASON, SyncObj, replicated
 from pysyncobj.monotonic import monotonic as raft_monotonic
 
 from replication.hardening import (
@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj _RAFT_STATE
+_REQUEST_DENIED = FAIL_REASON.REQUEST_DENIED
+# A denied leadership transfer is tried again on each tick for this long; below the membership
+# module's retry interval (RAFT_CHANGE_RETRY_MS_DEFAULT, 500 ms), so attempts never overlap.
+LEADERSHIP_TRANSFER_TRY_S = 0.4
 _LEADER_STATE = 2
 _RAFT_STATE_ATTR = "_SyncObj__raftState"  # read-only; asserted present at start-up
 # Written by the join guard (below); each asserted present at start-up.
@@ -343,13 +347,14 @@ class RaftWatch:
     leaderless cluster still elects: one timeout after the last connection.
 
     Stall guard: pysyncobj's tick checks the election timer first and reads the network last.
-    A follower whose Raft thread stalled past its timeout (a slow fdatasync while snapshot
-    children wrote 170 MB each, a GC pause, no CPU) started an election although the leader's
-    appends were waiting unread in its socket: `raftmq bench restart` saw one in every 1M-message
-    fill. When the timer has run out, the guard first reads what already arrived (a zero-timeout
-    poll, as if the previous tick had ended a moment later); a live leader's append restarts
-    the timer, from the end of that read; a dead leader sends nothing and the election goes
-    ahead. Raft's safety never depends on the timer, only how soon a dead leader is replaced.
+    A follower whose Raft thread stalled past its timeout (a slow fdatasync, a long pause, no
+    CPU) started an election although the leader's appends were waiting unread in its socket
+    (tests/integration/test_stall_guard.py: a follower with a 1.6 s fdatasync started
+    elections at once, deposing a healthy leader). When the timer has run out, the guard
+    first reads what already arrived (a zero-timeout poll, as if the previous tick had ended
+    a moment later); a live leader's append restarts the timer, from the end of that read; a
+    dead leader sends nothing and the election goes ahead. Raft's safety never depends on the
+    timer, only how soon a dead leader is replaced.
 
     Everything here runs on the Raft thread, except `seen_leader`, which the loop may also set.
     """
@@ -364,8 +369,7 @@ class RaftWatch:
         self.seen_leader = False
         self.elections_started = 0
         self.timer_restarts = 0
-        self.stalls_read_first = 0  # expired timers that read the network before electing
-        self.elections_averted = 0  # ... and found the leader's append there
+        self.elections_averted = 0  # expired timers that found the leader's append unread
         self._on_tick_inner = sync._onTick
         sync._onTick = self._on_tick  # the tick thread looks it up on the instance each tick
         transport = getattr(sync, _TRANSPORT_ATTR)
@@ -380,7 +384,6 @@ class RaftWatch:
         deadline = getattr(sync, _ELECTION_DEADLINE_ATTR)
         if (getattr(sync, _RAFT_STATE_ATTR) != _LEADER_STATE and deadline < raft_monotonic()
                 and getattr(sync, _TRANSPORT_ATTR).ready):
-            self.stalls_read_first += 1
             sync._poller.poll(0)
             if getattr(sync, _ELECTION_DEADLINE_ATTR) != deadline:
                 # The leader is alive; its append reset the timer when read, but reading it may
@@ -728,14 +731,31 @@ class Replica:
 
     def transfer_leadership(self, callback: Callable[[Any, int], None]) -> None:
         """Leader only: hand leadership to the most caught-up follower (runs on the Raft thread,
-        where pysyncobj's state lives)."""
+        where pysyncobj's state lives).
+
+        pysyncobj denies a transfer unless the target holds every entry at that instant, which
+        under steady writes is rare at any one moment (a membership test saw 60 denials in a
+        row on a loaded host). So a denied attempt is tried again on every tick for up to
+        LEADERSHIP_TRANSFER_TRY_S; a tick that appended nothing new finds the target caught up."""
         if not self._raft_calls_hooked:
             self._raft_calls_hooked = True
             self._sync.addOnTickCallback(self._run_raft_calls)
-        self._raft_calls.append(lambda: self._sync.transferLeadership(None, callback))
+        deadline = time.monotonic() + LEADERSHIP_TRANSFER_TRY_S
+
+        def attempt() -> None:
+            def done(result: Any, error: int) -> None:
+                if (error == _REQUEST_DENIED and time.monotonic() < deadline
+                        and self._sync._isLeader()):
+                    self._raft_calls.append(attempt)  # the next tick
+                    return
+                callback(result, error)
+
+            self._sync.transferLeadership(None, done)
+
+        self._raft_calls.append(attempt)
 
     def _run_raft_calls(self) -> None:  # Raft thread, once per tick
-        while self._raft_calls:
+        for _ in range(len(self._raft_calls)):  # calls queued by these run on the next tick
             try:
                 self._raft_calls.popleft()()
             except Exception:

@@ -113,16 +113,17 @@ class WireProxy:
             thread.join(10)
 
 
-def start_through_proxy(cluster: DCluster, flip_at: int | None = None
-                        ) -> tuple[DNode, DNode, WireProxy]:
-    """Start R (idle) and W (writer) with W -> proxy -> R; returns (W, R, proxy)."""
+def start_through_proxy(cluster: DCluster, flip_at: int | None = None,
+                        max_entries: int = ENTRIES) -> tuple[DNode, DNode, WireProxy]:
+    """Start R (idle) and W (writer) with W -> proxy -> R; returns (W, R, proxy).
+    `max_entries` 0: W writes until it is killed."""
     writer, reader = sorted(cluster.nodes, key=lambda n: n.raft, reverse=True)
     proxy = WireProxy(int(reader.raft.split(":")[1]), below=writer.raft, flip_at=flip_at)
     cluster.start(reader, "idle")
     real = reader.raft
     reader.raft = proxy.addr  # W's view of R: the proxy
     try:
-        cluster.start(writer, "write", "--window", "5", "--max-entries", str(ENTRIES),
+        cluster.start(writer, "write", "--window", "5", "--max-entries", str(max_entries),
                       "--payload-bytes", str(PAYLOAD_BYTES), "--retry")
     finally:
         reader.raft = real
@@ -164,7 +165,10 @@ def test_a_flipped_byte_on_the_wire_drops_the_connection_and_replication_goes_on
     cluster = DCluster(tmp_path, 2, secret=SECRET_HEX)
     proxy: WireProxy | None = None
     try:
-        writer, reader, proxy = start_through_proxy(cluster, flip_at=FLIP_AT)
+        # W writes on until killed: if the dropped connection also moved the leadership to R,
+        # W's commands that were in flight then never get an answer (the test writer has no
+        # timeouts, unlike a node's proposer), and a fixed count would never be reached.
+        writer, reader, proxy = start_through_proxy(cluster, flip_at=FLIP_AT, max_entries=0)
         wait_acks([writer], ENTRIES, timeout_s=120)
         assert len(proxy.sent[0]) > FLIP_AT, "the flipped byte was sent"
         assert len(proxy.sent) >= 2, "the tampered connection was replaced by a new one"

@@ -487,12 +487,26 @@ async def receive_worker(run: Run, worker: int, wait_s: float) -> None:
             if run.producers_done:
                 return
             continue
-        now_ms = time.time() * 1000.0
-        stats.e2e_ms.extend(now_ms - m["published_at"] for m in msgs)
-        ack = codec.dumps({"receipts": [m["receipt"] for m in msgs]})
-        status, _raw, latency_s = await timed(stats, run.client, "POST", base + "/ack", ack)
-        if status == 200:
-            stats.ok(latency_s, len(msgs), sum(len(m["body"]) for m in msgs))
+        note_received(stats, msgs)
+        await ack_alone(run, stats, base, msgs)
+
+
+def note_received(stats: Stats, msgs: list[dict[str, Any]]) -> None:
+    """Publish -> receive latency of each message received."""
+    now_ms = time.time() * 1000.0
+    stats.e2e_ms.extend(now_ms - m["published_at"] for m in msgs)
+
+
+def count_acked(stats: Stats, msgs: list[dict[str, Any]], latency_s: float) -> None:
+    stats.ok(latency_s, len(msgs), sum(len(m["body"]) for m in msgs))
+
+
+async def ack_alone(run: Run, stats: Stats, base: str, msgs: list[dict[str, Any]]) -> None:
+    """POST /ack for one received batch; its messages count once the ack is answered."""
+    ack = run.client.codec.dumps({"receipts": [m["receipt"] for m in msgs]})
+    status, _raw, latency_s = await timed(stats, run.client, "POST", base + "/ack", ack)
+    if status == 200:
+        count_acked(stats, msgs, latency_s)
 
 
 async def receive_ack_next_worker(run: Run, worker: int, wait_s: float) -> None:
@@ -501,10 +515,6 @@ async def receive_ack_next_worker(run: Run, worker: int, wait_s: float) -> None:
     stats, codec = run.consumers, run.client.codec
     base = run.queue_url(worker)
     held: list[dict[str, Any]] = []  # received, ack not yet sent
-
-    def acked(msgs: list[dict[str, Any]], latency_s: float) -> None:
-        stats.ok(latency_s, len(msgs), sum(len(m["body"]) for m in msgs))
-
     while not consumers_finished(run):
         body: dict[str, Any] = {"max_messages": run.spec.batch, "wait_s": wait_s}
         if held:
@@ -513,23 +523,17 @@ async def receive_ack_next_worker(run: Run, worker: int, wait_s: float) -> None:
                                              codec.dumps(body))
         if status != 200:
             continue
-        answer = codec.loads(raw)
         if held:
-            acked(held, latency_s)
-            held = []
+            count_acked(stats, held, latency_s)
         else:
             stats.requests += 1
             stats.latencies_s.append(latency_s)
-        held = answer["messages"]
-        now_ms = time.time() * 1000.0
-        stats.e2e_ms.extend(now_ms - m["published_at"] for m in held)
+        held = codec.loads(raw)["messages"]
+        note_received(stats, held)
         if not held and run.producers_done:
             return
     if held:
-        ack = codec.dumps({"receipts": [m["receipt"] for m in held]})
-        status, _raw, latency_s = await timed(stats, run.client, "POST", base + "/ack", ack)
-        if status == 200:
-            acked(held, latency_s)
+        await ack_alone(run, stats, base, held)
 
 
 async def topic_read_worker(run: Run, worker: int, budget: Budget) -> None:
@@ -742,11 +746,16 @@ async def run_spec(spec: Spec, client: Client, meter: CpuMeter, seq: int,
     return summarise(run, wall_s, cpu)
 
 
+def client_session() -> aiohttp.ClientSession:
+    """Keep-alive connections, enough for CONCURRENCY_MAX workers, REQUEST_TIMEOUT_S each."""
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY_MAX * 2, keepalive_timeout=60)
+    return aiohttp.ClientSession(connector=connector,
+                                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
+
+
 async def run_specs(specs: list[Spec], urls: list[str], pids: list[int],
                     args: argparse.Namespace) -> list[dict[str, Any]]:
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY_MAX * 2, keepalive_timeout=60)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with client_session() as session:
         codec = await negotiate(session, urls[0], args.codec)
         meter = CpuMeter(pids)
         results = []

@@ -13,7 +13,7 @@ Both need to kill and start node processes, so both run on a local cluster of th
             follower with SIGKILL, starts it again on the same data dir, and measures the time
             until its /readyz answers 200 and until it reports the whole queue.
 
-Results go to the same table/JSON outputs as the throughput workloads (see `bench.py`).
+Each prints its own table, or its JSON with `--json` (fields in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -357,9 +357,7 @@ OPS = {"failover": failover, "restart": restart}
 
 async def run_op(spec: Spec, cluster: LocalCluster, urls: list[str], codec_name: str,
                  quiet: bool) -> dict[str, Any]:
-    connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=60)
-    timeout = aiohttp.ClientTimeout(total=bench.REQUEST_TIMEOUT_S)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with bench.client_session() as session:
         codec = await bench.negotiate(session, urls[0], codec_name)
         client = Client(session, codec, urls)
         return await OPS[spec.workload](client, cluster, urls, spec, quiet)

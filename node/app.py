@@ -141,6 +141,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # asks: `memory` is accepted but not yet faster (README, Guarantees).
 APPLIED_DURABILITY = "fsync"
 
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:

@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj _RAFT_STATE
-_REQUEST_DENIED = FAIL_REASON.REQUEST_DENIED
 # A denied leadership transfer is tried again on each tick for this long; below the membership
 # module's retry interval (RAFT_CHANGE_RETRY_MS_DEFAULT, 500 ms), so attempts never overlap.
 LEADERSHIP_TRANSFER_TRY_S = 0.4
@@ -744,7 +743,7 @@ class Replica:
 
         def attempt() -> None:
             def done(result: Any, error: int) -> None:
-                if (error == _REQUEST_DENIED and time.monotonic() < deadline
+                if (error == FAIL_REASON.REQUEST_DENIED and time.monotonic() < deadline
                         and self._sync._isLeader()):
                     self._raft_calls.append(attempt)  # the next tick
                     return

@@ -199,6 +199,7 @@ def durability_stats(data_dir: Path) -> dict[str, Any]:
     stats: dict[str, Any] = dataclasses.asdict(journal.stats)
     stats.pop("extra", None)
     stats["payload_bytes"] = journal.payload_bytes
+    stats["payload_bytes_in_memory"] = journal.payload_bytes_in_memory
     transport = patches.transport_for(str(journal.path))
     if transport is not None:
         for name in ("rounds", "round_syncs", "chunks_relabelled", "resends_absorbed",

@@ -21,6 +21,10 @@ record and the tail is cut off (a torn tail is normal after a crash), then fsync
   InstallSnapshot rule). This closes the compaction crash window (research §3.3).
 * `deleteEntriesTo()` (compaction, only after the snapshot is durable) rewrites the file:
   temp file, fsync, rename, directory fsync.
+* Only the newest `RAM_TAIL_BYTES` of payload stay in memory once written (every entry the
+  leader is sending and this node is applying, in the steady state). Older payloads are read
+  back from the file when asked for (a lagging follower, a restart's catch-up): the log between
+  two snapshots (up to `log_compaction_bytes_max`) no longer costs its size in RAM.
 * Term, vote and commit index live in `<journal>.meta`: crc32 + JSON, written with fsync +
   rename + directory fsync, synchronously for term/vote.
 
@@ -36,10 +40,10 @@ import signal
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, overload
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +243,16 @@ RECORD_PAYLOAD_BYTES_MAX = 0xFFFF_FFFF  # u32 length field
 META_SUFFIX = ".meta"
 
 Entry = tuple[bytes, int, int]  # (command, idx, term) as pysyncobj stores it
+# In DurableJournal._records an entry whose payload was evicted to the file: (None, idx, term).
+Held = tuple[bytes | None, int, int]
+
+# Payload bytes kept in memory after they are written: the entries in flight to followers and
+# being applied are this recent unless a follower lags or restarts (then they are read back).
+RAM_TAIL_ENV = "RAFTMQ_TEST_JOURNAL_RAM_TAIL_BYTES"  # test only: 0 reads every entry back
+RAM_TAIL_BYTES = int(os.environ.get(RAM_TAIL_ENV, 8 << 20))
+# The first two records stay in memory too: pysyncobj reads log[0] (and log[1]) for their
+# indexes on every append it sends or receives, and after a compaction they are the snapshot's.
+PINNED_RECORDS = 2
 
 
 @dataclass
@@ -256,6 +270,7 @@ class JournalStats:
     bytes_written: int = 0
     rewrites: int = 0  # compactions / snapshot installs (atomic rewrite)
     torn_bytes_dropped: int = 0  # cut from the tail at open
+    payload_reads: int = 0  # entries read back from the file (evicted from memory)
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -332,7 +347,11 @@ class DurableJournal:
         self.leader_probe = leader_probe
         self._meta = MetaFile(Path(str(self.path) + META_SUFFIX))
         self._meta_dirty = False
-        self._records: list[Entry] = []  # what the file holds (after pending writes)
+        self._records: list[Held] = []  # what the file holds (after pending writes)
+        # _records[PINNED_RECORDS:_ram_from] have their payloads only in the file
+        self._ram_from = 0
+        self._ram_bytes = 0  # payload bytes of _records[_ram_from:]
+        self.generation = 0  # bumped when record positions change (see _FileEntries)
         self._offsets: list[int] = []  # file offset of each record
         self._n = 0  # logical length: pysyncobj's log is self._records[:self._n]
         self.payload_bytes = 0  # sum of the payloads the file holds (compaction by size)
@@ -341,6 +360,7 @@ class DurableJournal:
         self._durable = True  # False while written or truncated bytes are not fsync'd
         self._clear_pending: list[Entry] | None = None
         self._fd = -1
+        self._rfd = -1  # read-only, for evicted payloads
         self._open()
 
     # -- opening ---------------------------------------------------------------------------
@@ -353,14 +373,17 @@ class DurableJournal:
         records, offsets, end = decode_records(data, len(_HEADER))
         self._refuse_lost_entries(data, records, end)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._rfd = os.open(self.path, os.O_RDONLY)
         if end < len(data):
             self.stats.torn_bytes_dropped = len(data) - end
             log.warning("journal=%s torn_tail_bytes=%d cut", self.path, len(data) - end)
             truncate(self._fd, end)
             fsync(self._fd)
-        self._records, self._offsets, self._n = records, offsets, len(records)
-        self.payload_bytes = sum(len(e[0]) for e in records)
+        self._records, self._offsets, self._n = list(records), offsets, len(records)
+        self.payload_bytes = self._ram_bytes = sum(len(e[0]) for e in records)
         self._written_end = end
+        del data, records
+        self._evict()
         assert self._n == len(self._offsets)
 
     def _refuse_lost_entries(self, data: bytes, records: list[Entry], end: int) -> None:
@@ -393,7 +416,7 @@ class DurableJournal:
                 self._finish_clear(self._clear_pending[0], self._clear_pending[1])
             return
         if self._n < len(self._records):
-            if self._records[self._n] == entry:
+            if self._entry(self._n) == entry:
                 self._n += 1
                 self.stats.dedup_skips += 1
                 return
@@ -409,6 +432,7 @@ class DurableJournal:
         self._pending += rec
         self._n += 1
         self.payload_bytes += len(entry[0])
+        self._ram_bytes += len(entry[0])
         self._durable = False
         self.stats.records_written += 1
 
@@ -426,17 +450,19 @@ class DurableJournal:
         """Compaction: drop the first `entryTo` entries. The snapshot is durable already."""
         assert 0 <= entryTo <= self._n, (entryTo, self._n)
         crash_point("journal.compact.begin")
-        self._rewrite(self._records[entryTo:], self._n - entryTo)
+        self._rewrite(self._entries(entryTo, len(self._records)), self._n - entryTo)
 
     def __getitem__(self, item: int | slice) -> Any:
         if isinstance(item, slice):
             start, stop, step = item.indices(self._n)
-            return self._records[start:stop:step]
+            if start >= self._ram_from or step != 1 or stop <= start:
+                return [self._entry(i) for i in range(start, stop, step)]
+            return _FileEntries(self, start, stop)
         if item < 0:
             item += self._n
         if not 0 <= item < self._n:
             raise IndexError(item)
-        return self._records[item]
+        return self._entry(item)
 
     def __len__(self) -> int:
         return self._n
@@ -455,6 +481,42 @@ class DurableJournal:
     def getRaftCommitIndex(self) -> int:  # noqa: N802
         commit = int(self._meta.values.get("commit", 1))
         return min(commit, self._records[self._n - 1][1]) if self._n else 1
+
+    # -- payloads in memory or in the file ---------------------------------------------------
+    @property
+    def payload_bytes_in_memory(self) -> int:
+        pinned = self._records[: min(PINNED_RECORDS, self._ram_from)]
+        return self._ram_bytes + sum(len(p) for p, _idx, _term in pinned if p is not None)
+
+    def _entry(self, i: int) -> Entry:
+        """Record `i` of the file (0-based), its payload read back if it was evicted."""
+        payload, idx, term = self._records[i]
+        if payload is None:
+            start = self._offsets[i] + _REC.size
+            payload = os.pread(self._rfd, self._record_end(i) - start, start)
+            self.stats.payload_reads += 1
+        return payload, idx, term
+
+    def _entries(self, start: int, stop: int) -> list[Entry]:
+        return [self._entry(i) for i in range(start, stop)]
+
+    def _record_end(self, i: int) -> int:
+        nxt = i + 1
+        return self._offsets[nxt] if nxt < len(self._offsets) else self._written_end + len(
+            self._pending)
+
+    def _evict(self) -> None:
+        """Drop from memory the oldest written payloads while more than RAM_TAIL_BYTES are
+        held (they stay readable from the file)."""
+        while self._ram_bytes > RAM_TAIL_BYTES:
+            payload, idx, term = self._records[self._ram_from]
+            assert payload is not None
+            if self._offsets[self._ram_from] + _REC.size + len(payload) > self._written_end:
+                return  # still pending: only written records are read back
+            if self._ram_from >= PINNED_RECORDS:
+                self._records[self._ram_from] = (None, idx, term)
+            self._ram_bytes -= len(payload)
+            self._ram_from += 1
 
     def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:  # noqa: N802,N803
         # Raft: term and vote are durable before any message reflecting them leaves.
@@ -489,6 +551,7 @@ class DurableJournal:
             self._written_end += len(data)
             self.stats.bytes_written += len(data)
             self._pending.clear()
+            self._evict()
         fdatasync_start_s = time.perf_counter()
         fdatasync(self._fd)
         end_s = time.perf_counter()
@@ -505,6 +568,9 @@ class DurableJournal:
             self.sync()
             os.close(self._fd)
             self._fd = -1
+        if self._rfd >= 0:
+            os.close(self._rfd)
+            self._rfd = -1
 
     def last_index(self) -> int:
         return self._records[self._n - 1][1] if self._n else 0
@@ -519,9 +585,16 @@ class DurableJournal:
         """Physically drop records [keep:] (a different entry arrived at `keep`)."""
         assert keep <= len(self._records)
         offset = self._offsets[keep]
-        self.payload_bytes -= sum(len(e[0]) for e in self._records[keep:])
+        end = self._written_end + len(self._pending)
+        removed = end - offset - _REC.size * (len(self._records) - keep)
+        self.payload_bytes -= removed
+        if keep >= self._ram_from:
+            self._ram_bytes -= removed
+        else:  # every held payload was in the cut part
+            self._ram_from, self._ram_bytes = keep, 0
         del self._records[keep:]
         del self._offsets[keep:]
+        self.generation += 1
         if offset >= self._written_end:
             del self._pending[offset - self._written_end :]
         else:
@@ -538,8 +611,8 @@ class DurableJournal:
         logical_tail = 0
         first = self._records[0][1] if self._records else 0
         pos = last[1] - first
-        if self._records and 0 <= pos < len(self._records) and self._records[pos] == last:
-            kept = self._records[pos + 1 :]
+        if self._records and 0 <= pos < len(self._records) and self._entry(pos) == last:
+            kept = self._entries(pos + 1, len(self._records))
             logical_tail = max(0, self._n - (pos + 1))
         log.info("journal=%s snapshot_last=%d kept_tail=%d", self.path, last[1], len(kept))
         self._rewrite([prev, last, *kept], 2 + logical_tail)
@@ -556,15 +629,63 @@ class DurableJournal:
             parts.append(rec)
             pos += len(rec)
         os.close(self._fd)
-        self._fd = -1
+        os.close(self._rfd)
+        self._fd = self._rfd = -1
         write_file_atomic(self.path, b"".join(parts), step_prefix="journal.rewrite")
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._rfd = os.open(self.path, os.O_RDONLY)
         self._records, self._offsets, self._n = list(records), offsets, logical
-        self.payload_bytes = sum(len(e[0]) for e in records)
+        self._ram_from = 0
+        self.generation += 1
+        self.payload_bytes = self._ram_bytes = sum(len(e[0]) for e in records)
         self._pending.clear()
         self._written_end = pos
         self._durable = True
         self.stats.rewrites += 1
+        self._evict()
+
+
+class _FileEntries(Sequence[Entry]):
+    """A slice of the log that reaches into evicted payloads, read one entry at a time: pysyncobj
+    slices from an index to the end and then looks at a few entries (its __getEntries), so a
+    lagging follower's slice must not read the whole tail. Pickles as a plain list."""
+
+    def __init__(self, journal: DurableJournal, start: int, stop: int) -> None:
+        self._journal, self._start, self._stop = journal, start, stop
+        self._generation = journal.generation
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    @overload
+    def __getitem__(self, item: int) -> Entry: ...
+    @overload
+    def __getitem__(self, item: slice) -> Sequence[Entry]: ...
+
+    def __getitem__(self, item: int | slice) -> Entry | Sequence[Entry]:
+        assert self._generation == self._journal.generation, "log slice used after a rewrite"
+        if isinstance(item, slice):
+            start, stop, step = item.indices(len(self))
+            if step != 1 or stop <= start:
+                return [self[i] for i in range(start, stop, step)]
+            return _FileEntries(self._journal, self._start + start, self._start + stop)
+        if item < 0:
+            item += len(self)
+        if not 0 <= item < len(self):
+            raise IndexError(item)
+        return self._journal._entry(self._start + item)
+
+    def __iter__(self) -> Iterator[Entry]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __eq__(self, other: object) -> bool:  # like the list it stands for
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # unhashable, like a list
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (list(self),))
 
 
 def _good_record_after(data: bytes, bad: int, want_idx: int) -> bool:

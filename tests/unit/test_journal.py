@@ -278,3 +278,81 @@ def test_payload_bytes_follow_appends_cuts_and_compaction(tmp_path: Path) -> Non
     assert j.payload_bytes == 2 * 2 + 4
     j.close()
     assert DurableJournal(tmp_path / "j").payload_bytes == 8
+
+
+# -- payloads evicted to the file (RAM_TAIL_BYTES) ------------------------------------------
+@pytest.fixture
+def tiny_tail(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(jr, "RAM_TAIL_BYTES", 10)
+    return 10
+
+
+def test_written_payloads_leave_memory_and_read_back_identical(
+        tmp_path: Path, tiny_tail: int) -> None:
+    j = DurableJournal(tmp_path / "j")
+    log = entries(1, 200)
+    fill(j, log)
+    assert j.payload_bytes_in_memory == j.payload_bytes, "nothing is evicted before it is written"
+    j.sync()
+    assert j.payload_bytes_in_memory <= tiny_tail + len(log[0][0]) + len(log[1][0])
+    assert j.payload_bytes == sum(len(e[0]) for e in log)
+    assert (j[0], j[1], j[-1]) == (log[0], log[1], log[-1])
+    assert j.stats.payload_reads == 0, "log[0] and log[1] (read on every append) stay in memory"
+    assert [j[i] for i in range(200)] == log
+    assert j[-1] == log[-1] and j[0] == log[0]
+    assert j.stats.payload_reads > 0
+
+
+def test_a_slice_into_evicted_payloads_acts_as_the_list(tmp_path: Path, tiny_tail: int) -> None:
+    """pysyncobj slices to the end, indexes, reverses, re-slices and pickles the result."""
+    import pickle
+
+    j = DurableJournal(tmp_path / "j")
+    log = entries(1, 100)
+    fill(j, log)
+    j.sync()
+    tail = j[40:]
+    assert len(tail) == 60 and tail[0][2] == 1 and tail[-1] == log[-1]
+    assert list(tail) == log[40:] and tail == log[40:]
+    assert list(reversed(tail[1:])) == list(reversed(log[41:]))
+    assert [e for _i, e in enumerate(tail[:3])] == log[40:43]
+    assert tail[5:2] == [] and tail[::2] == log[40::2]
+    assert pickle.loads(pickle.dumps(tail[:3])) == log[40:43]
+    assert type(pickle.loads(pickle.dumps(tail))) is list, "sent to followers as a plain list"
+    reads = j.stats.payload_reads
+    assert j[10:][0] == log[10] and j.stats.payload_reads == reads + 1, "read one at a time"
+
+
+def test_evicted_payloads_survive_truncation_compaction_clear_and_reopen(
+        tmp_path: Path, tiny_tail: int) -> None:
+    path = tmp_path / "j"
+    j = DurableJournal(path)
+    fill(j, entries(1, 50))
+    j.sync()
+    j.deleteEntriesFrom(20)
+    fill(j, entries(21, 5))  # identical re-adds, compared against evicted payloads
+    assert j.stats.dedup_skips == 5
+    fill(j, [(b"new", 26, 2)])  # a different entry cuts records 26..50
+    assert j.payload_bytes == sum(len(e[0]) for e in entries(1, 25)) + 3
+    j.sync()
+    j.deleteEntriesTo(5)  # compaction rewrites from evicted payloads
+    assert j[:] == entries(6, 20) + [(b"new", 26, 2)]
+    j.sync()
+    j.clear()
+    j.add(*entries(9, 1)[0])  # snapshot prev
+    j.add(*entries(10, 1)[0])  # snapshot last: kept tail read back from the file
+    assert j[:] == entries(9, 17) + [(b"new", 26, 2)]
+    j.close()
+    again = DurableJournal(path)
+    assert again.payload_bytes_in_memory <= tiny_tail + len(again[0][0]) + len(again[1][0])
+    assert again[:] == entries(9, 17) + [(b"new", 26, 2)]
+
+
+def test_a_slice_used_after_the_log_changed_is_refused(tmp_path: Path, tiny_tail: int) -> None:
+    j = DurableJournal(tmp_path / "j")
+    fill(j, entries(1, 30))
+    j.sync()
+    stale = j[0:]
+    j.deleteEntriesTo(10)
+    with pytest.raises(AssertionError, match="after a rewrite"):
+        stale[0]

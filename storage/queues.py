@@ -2,10 +2,12 @@
 
 One `Queue` holds its messages in one dict (insertion order) and indexes them by state:
 
-* ready: one heap per priority level of (pos, msg_id); `pos` is the queue's enqueue counter, so a
-  redelivered message goes back to its place (FIFO by enqueue order within a priority). Entries
-  are deleted lazily (a stale entry's message is gone or no longer READY), and every heap's top is
-  kept valid after each command, so reads can peek without mutating.
+* ready: one `ReadyLevel` per priority level of (pos, msg_id) entries, popped in pos order; `pos`
+  orders the queue's enqueues (the message id itself when ids arrive in order, the usual case:
+  one int object for both), so a redelivered message goes back to its place (FIFO by enqueue
+  order within a priority). Entries are deleted lazily (a stale entry's message is gone or no
+  longer READY), and every level's top is kept valid after each command, so reads can peek
+  without mutating.
 * in flight: message state INFLIGHT plus a lease heap (deadline_ms, msg_id, delivery).
 * delayed: message state DELAYED plus a heap (ready_at_ms, msg_id).
 * ttl: a heap (expires_at_ms, msg_id) of messages with a TTL.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from storage.errors import BrokerError
@@ -101,7 +103,7 @@ class Msg:
     def decode(cls, f: list[Any]) -> Msg:
         assert len(f) in (6, 15), "message record of the wrong length"
         m = cls(f[0], f[1], f[2] or EMPTY_HEADERS, f[3], None, None, None, f[4])
-        m.pos = f[5]
+        m.pos = m.id if f[5] == m.id else f[5]  # one int object, as enqueue made it
         if len(f) == 15:
             (m.group, m.correlation_id, m.reply_to, m.receive_count, m.expires_at, m.state,
              m.delivery, m.lease_ms, m.ready_at_ms) = f[6:]
@@ -150,6 +152,79 @@ def _canonical_number(text: str) -> bool:
     return text.isdigit() and (text == "0" or not text.startswith("0"))
 
 
+class ReadyLevel:
+    """The ready (pos, msg_id) entries of one priority level, popped smallest pos first.
+
+    Fresh messages arrive in increasing pos: they go to two parallel FIFOs (8 bytes per entry
+    each, the ints shared with the message) instead of a heap of tuples (about 72 bytes per
+    entry: a million-message backlog's largest index). A message that becomes ready again
+    behind newer ones (a nack, an expired lease, the end of a delay, its group's turn) goes to
+    a heap. The next entry is the smaller of the two heads."""
+
+    __slots__ = ("fifo_pos", "fifo_ids", "heap")
+
+    def __init__(self) -> None:
+        self.fifo_pos: deque[int] = deque()
+        self.fifo_ids: deque[int] = deque()
+        self.heap: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.fifo_pos) + len(self.heap)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """Every entry (stale ones too), in no particular order."""
+        yield from zip(self.fifo_pos, self.fifo_ids, strict=True)
+        yield from self.heap
+
+    def push(self, pos: int, mid: int) -> None:
+        if not self.fifo_pos or pos > self.fifo_pos[-1]:
+            self.fifo_pos.append(pos)
+            self.fifo_ids.append(mid)
+        else:
+            heapq.heappush(self.heap, (pos, mid))
+
+    def _head_in_fifo(self) -> bool:
+        return bool(self.fifo_pos) and (not self.heap or self.fifo_pos[0] < self.heap[0][0])
+
+    def top(self) -> tuple[int, int]:
+        return (self.fifo_pos[0], self.fifo_ids[0]) if self._head_in_fifo() else self.heap[0]
+
+    def pop(self) -> tuple[int, int]:
+        if self._head_in_fifo():
+            return self.fifo_pos.popleft(), self.fifo_ids.popleft()
+        return heapq.heappop(self.heap)
+
+    def keep(self, valid: Callable[[tuple[int, int]], Msg | None]) -> None:
+        """Drop the stale entries."""
+        fifo = [e for e in zip(self.fifo_pos, self.fifo_ids, strict=True) if valid(e) is not None]
+        self.fifo_pos = deque(e[0] for e in fifo)
+        self.fifo_ids = deque(e[1] for e in fifo)
+        self.heap = [e for e in self.heap if valid(e) is not None]
+        heapq.heapify(self.heap)
+
+    def encode(self) -> list[list[int]]:
+        fifo = [x for e in zip(self.fifo_pos, self.fifo_ids, strict=True) for x in e]
+        return [fifo, _flat(self.heap)]
+
+    @classmethod
+    def decode(cls, rec: list[Any], msgs: dict[int, Msg]) -> ReadyLevel:
+        level = cls()
+        if rec and isinstance(rec[0], list):
+            fifo, heap = rec
+        else:  # a snapshot from before ReadyLevel: one flat heap
+            fifo, heap = [], rec
+        it = iter(fifo)
+        for pos, mid in zip(it, it, strict=True):
+            msg = msgs.get(mid)  # share the message's int objects, as before the snapshot
+            if msg is not None and msg.pos == pos:
+                pos, mid = msg.pos, msg.id
+            level.fifo_pos.append(pos)
+            level.fifo_ids.append(mid)
+        level.heap = _pairs(heap)
+        heapq.heapify(level.heap)  # a no-op for a heap; a pre-ReadyLevel list was one
+        return level
+
+
 class Group:
     __slots__ = ("active", "waiting")
 
@@ -173,7 +248,7 @@ class Queue:
         self.length_max = int(config["max_length"])  # 0 = unlimited
         self.bytes_max = int(config["max_bytes"])  # 0 = unlimited
         self.msgs: dict[int, Msg] = {}
-        self.ready: list[list[tuple[int, int]]] = [[] for _ in range(PRIORITY_LEVELS)]
+        self.ready: list[ReadyLevel] = [ReadyLevel() for _ in range(PRIORITY_LEVELS)]
         self.leases: list[tuple[int, int, int]] = []
         self.delayed: list[tuple[int, int]] = []
         self.ttls: list[tuple[int, int]] = []
@@ -232,8 +307,12 @@ class Queue:
     def enqueue(self, msg: Msg, delay_ms: int, ttl_ms: int, now_ms: int) -> list[Msg]:
         """Add a message (room checked by the caller); returns messages dropped by overflow."""
         assert msg.id not in self.msgs, "message id enqueued twice"
-        msg.pos = self.next_pos
-        self.next_pos += 1
+        if msg.id >= self.next_pos:  # ids arrive in order: the id is the position
+            msg.pos = msg.id
+            self.next_pos = msg.id + 1
+        else:  # an older message moved in (dead letter, redrive): it goes to the back
+            msg.pos = self.next_pos
+            self.next_pos += 1
         msg.receive_count = 0
         msg.delivery = 0
         msg.expires_at = now_ms + ttl_ms if ttl_ms > 0 else 0
@@ -275,7 +354,7 @@ class Queue:
 
     def _push_ready(self, msg: Msg) -> None:
         msg.state = READY
-        heapq.heappush(self.ready[msg.priority], (msg.pos, msg.id))
+        self.ready[msg.priority].push(msg.pos, msg.id)
         self.ready_n += 1
         self.ready_bytes += len(msg.body)
 
@@ -325,7 +404,7 @@ class Queue:
         if group.active is None:
             del self.groups[msg.group]
 
-    # ----- ready heaps
+    # ----- ready levels
     def _valid_ready(self, entry: tuple[int, int]) -> Msg | None:
         msg = self.msgs.get(entry[1])
         if msg is None or msg.state != READY or msg.pos != entry[0]:
@@ -333,17 +412,17 @@ class Queue:
         return msg
 
     def _clean_tops(self) -> None:
-        """Keep every ready heap's top valid, so reads can peek without mutating."""
-        for heap in self.ready:
-            while heap and self._valid_ready(heap[0]) is None:
-                heapq.heappop(heap)
+        """Keep every ready level's top valid, so reads can peek without mutating."""
+        for level in self.ready:
+            while level and self._valid_ready(level.top()) is None:
+                level.pop()
 
     def _pop_ready(self) -> Msg | None:
         """The next message to deliver: highest priority first, then enqueue order."""
-        for level in range(PRIORITY_LEVELS - 1, -1, -1):
-            heap = self.ready[level]
-            while heap:
-                msg = self._valid_ready(heapq.heappop(heap))
+        for priority in range(PRIORITY_LEVELS - 1, -1, -1):
+            level = self.ready[priority]
+            while level:
+                msg = self._valid_ready(level.pop())
                 if msg is not None:
                     return msg
         return None
@@ -352,13 +431,13 @@ class Queue:
         """The ready message enqueued first, whatever its priority."""
         self._clean_tops()
         best = -1
-        for level in range(PRIORITY_LEVELS):
-            heap = self.ready[level]
-            if heap and (best < 0 or heap[0][0] < self.ready[best][0][0]):
-                best = level
+        for priority in range(PRIORITY_LEVELS):
+            level = self.ready[priority]
+            if level and (best < 0 or level.top()[0] < self.ready[best].top()[0]):
+                best = priority
         if best < 0:
             return None
-        msg = self._valid_ready(heapq.heappop(self.ready[best]))
+        msg = self._valid_ready(self.ready[best].pop())
         assert msg is not None, "ready heap top was not clean"
         return msg
 
@@ -388,14 +467,14 @@ class Queue:
 
     def _receive_manual(self, max_messages: int, lease_ms: int,
                         delivery: int) -> list[dict[str, Any]]:
-        """The hot path: a manual delivery adds nothing to the ready heaps (a group's next
+        """The hot path: a manual delivery adds nothing to the ready levels (a group's next
         message waits for the ack), so one pass from priority 9 down is exact."""
         out: list[dict[str, Any]] = []
         msgs, leases = self.msgs, self.leases
-        for level in range(PRIORITY_LEVELS - 1, -1, -1):
-            heap = self.ready[level]
-            while heap and len(out) < max_messages:
-                pos, mid = heapq.heappop(heap)
+        for priority in range(PRIORITY_LEVELS - 1, -1, -1):
+            level = self.ready[priority]
+            while level and len(out) < max_messages:
+                pos, mid = level.pop()
                 msg = msgs.get(mid)
                 if msg is None or msg.state != READY or msg.pos != pos:
                     continue  # a lazily deleted entry
@@ -523,7 +602,7 @@ class Queue:
         n = len(self.msgs)
         self.purged_total += n
         self.msgs.clear()
-        self.ready = [[] for _ in range(PRIORITY_LEVELS)]
+        self.ready = [ReadyLevel() for _ in range(PRIORITY_LEVELS)]
         self.leases, self.delayed, self.ttls = [], [], []
         self.groups.clear()
         self.ready_n = self.ready_bytes = self.inflight_n = self.delayed_n = 0
@@ -532,11 +611,11 @@ class Queue:
 
     def peek_ready(self) -> Msg | None:
         """The message _pop_ready would return, without changing anything."""
-        for level in range(PRIORITY_LEVELS - 1, -1, -1):
-            heap = self.ready[level]
-            if heap:
-                msg = self._valid_ready(heap[0])
-                assert msg is not None, "ready heap top was not clean"
+        for priority in range(PRIORITY_LEVELS - 1, -1, -1):
+            level = self.ready[priority]
+            if level:
+                msg = self._valid_ready(level.top())
+                assert msg is not None, "ready level top was not clean"
                 return msg
         return None
 
@@ -646,8 +725,9 @@ class Queue:
             self.ttls = self._filtered(self.ttls, self._valid_ttl)
         if len(self.delayed) > 2 * self.delayed_n + slack:
             self.delayed = self._filtered(self.delayed, self._valid_delay)
-        if sum(len(h) for h in self.ready) > 2 * self.ready_n + slack:
-            self.ready = [self._filtered(h, self._valid_ready) for h in self.ready]
+        if sum(len(level) for level in self.ready) > 2 * self.ready_n + slack:
+            for level in self.ready:
+                level.keep(self._valid_ready)
         assert len(self.leases) >= self.inflight_n and len(self.delayed) >= self.delayed_n
 
     @staticmethod
@@ -675,12 +755,12 @@ class Queue:
     def peek(self, max_messages: int) -> list[dict[str, Any]]:
         """Up to max_messages ready messages in delivery order, changing nothing.
 
-        O(heap size) at worst (a sorted view of each priority heap), for consoles and DLQ
+        O(level size) at worst (a sorted view of each priority level), for consoles and DLQ
         inspection; never on a hot path.
         """
         out: list[dict[str, Any]] = []
-        for level in range(PRIORITY_LEVELS - 1, -1, -1):
-            for entry in sorted(self.ready[level]):
+        for priority in range(PRIORITY_LEVELS - 1, -1, -1):
+            for entry in sorted(self.ready[priority]):
                 if len(out) >= max_messages:
                     return out
                 msg = self._valid_ready(entry)
@@ -712,9 +792,9 @@ class Queue:
 
     def oldest_ready_age_s(self, now_ms: int) -> float:
         oldest: int | None = None
-        for heap in self.ready:
-            if heap:
-                msg = self.msgs[heap[0][1]]
+        for level in self.ready:
+            if level:
+                msg = self.msgs[level.top()[1]]
                 if oldest is None or msg.published_at < oldest:
                     oldest = msg.published_at
         return 0.0 if oldest is None else max(0, now_ms - oldest) / 1000.0
@@ -750,7 +830,7 @@ class Queue:
         return {
             "name": self.name, "config": self.config,
             "msgs": [m.encode() for m in self.msgs.values()],
-            "ready": [_flat(h) for h in self.ready], "leases": _flat(self.leases),
+            "ready": [level.encode() for level in self.ready], "leases": _flat(self.leases),
             "delayed": _flat(self.delayed), "ttls": _flat(self.ttls),
             "groups": [[k, g.active, list(g.waiting)] for k, g in self.groups.items()],
             "dedup": [[k, v[0], v[1]] for k, v in self.dedup.items()],
@@ -770,7 +850,7 @@ class Queue:
         for rec in d["msgs"]:
             m = Msg.decode(rec)
             q.msgs[m.id] = m
-        q.ready = [_pairs(h) for h in d["ready"]]
+        q.ready = [ReadyLevel.decode(rec, q.msgs) for rec in d["ready"]]
         assert len(q.ready) == PRIORITY_LEVELS
         q.leases = _triples(d["leases"])
         q.delayed = _pairs(d["delayed"])

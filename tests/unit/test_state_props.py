@@ -52,11 +52,13 @@ def check_queue(q: Queue, now_ms: int) -> None:
         if m.expires_at and (m.state != INFLIGHT or m.expires_at > now_ms):
             # (a leased message past its TTL expires when its lease ends)
             assert (m.expires_at, m.id) in ttls
-    for heap in (*q.ready, q.leases, q.delayed, q.ttls):
+    for heap in (*(level.heap for level in q.ready), q.leases, q.delayed, q.ttls):
         assert all(heap[i] <= heap[c] for i in range(len(heap))
                    for c in (2 * i + 1, 2 * i + 2) if c < len(heap))
-    for heap in q.ready:  # tops are clean, so reads may peek
-        assert not heap or q._valid_ready(heap[0]) is not None
+    for level in q.ready:
+        assert list(level.fifo_pos) == sorted(set(level.fifo_pos)), "fifo in enqueue order"
+        assert len(level.fifo_pos) == len(level.fifo_ids)
+        assert not level or q._valid_ready(level.top()) is not None, "tops are clean"
     check_groups(q)
     removed = (q.acked_total + q.dead_lettered_total + q.dropped_total + q.purged_total
                + q.moved_out_total)

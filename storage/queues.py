@@ -64,53 +64,79 @@ def s_to_ms(seconds: float) -> int:
 
 
 class Msg:
-    """One message in one queue."""
+    """One message in one queue.
 
-    __slots__ = (
-        "id", "body", "headers", "priority", "group", "correlation_id", "reply_to",
-        "published_at", "receive_count", "expires_at", "pos", "state", "delivery",
-        "lease_ms", "ready_at_ms",
-    )
+    Memory is the broker's capacity (a million-message backlog), so: the rarely set fields
+    `group`, `correlation_id` and `reply_to` are class attributes (None) here and slots only in
+    `MsgWithMeta` (`Msg.new` picks); `due_ms` is the lease deadline while INFLIGHT and the
+    ready time while DELAYED (every reader checks the state first)."""
+
+    __slots__ = ("id", "body", "headers", "priority", "published_at", "receive_count",
+                 "expires_at", "pos", "state", "delivery", "due_ms")
+    group: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
 
     def __init__(self, mid: int, body: bytes, headers: dict[str, str], priority: int,
-                 group: str | None, correlation_id: str | None, reply_to: str | None,
                  published_at: int) -> None:
         self.id = mid
         self.body = body
         self.headers = headers
         self.priority = priority
-        self.group = group
-        self.correlation_id = correlation_id
-        self.reply_to = reply_to
         self.published_at = published_at
         self.receive_count = 0
         self.expires_at = 0  # 0 = never
         self.pos = 0
         self.state = READY
         self.delivery = 0  # the current delivery number (receipt), 0 = none
-        self.lease_ms = 0
-        self.ready_at_ms = 0
+        self.due_ms = 0
+
+    @staticmethod
+    def new(mid: int, body: bytes, headers: dict[str, str], priority: int, group: str | None,
+            correlation_id: str | None, reply_to: str | None, published_at: int) -> Msg:
+        if group is None and correlation_id is None and reply_to is None:
+            return Msg(mid, body, headers, priority, published_at)
+        return MsgWithMeta(mid, body, headers, priority, group, correlation_id, reply_to,
+                           published_at)
 
     def encode(self) -> list[Any]:
         """A record; the trailing fields are left out when they all hold their defaults (the
         common case of a ready message), which halves snapshot decode time."""
         head = [self.id, self.body, self.headers, self.priority, self.published_at, self.pos]
         tail = [self.group, self.correlation_id, self.reply_to, self.receive_count,
-                self.expires_at, self.state, self.delivery, self.lease_ms, self.ready_at_ms]
+                self.expires_at, self.state, self.delivery, self.due_ms]
         return head + tail if tail != _DEFAULT_TAIL else head
 
-    @classmethod
-    def decode(cls, f: list[Any]) -> Msg:
-        assert len(f) in (6, 15), "message record of the wrong length"
-        m = cls(f[0], f[1], f[2] or EMPTY_HEADERS, f[3], None, None, None, f[4])
+    @staticmethod
+    def decode(f: list[Any]) -> Msg:
+        """Records are 6 items (defaults), 14, or 15 from before `due_ms` (lease_ms and
+        ready_at_ms apart)."""
+        assert len(f) in (6, 14, 15), "message record of the wrong length"
+        group, correlation_id, reply_to = f[6:9] if len(f) > 6 else (None, None, None)
+        m = Msg.new(f[0], f[1], f[2] or EMPTY_HEADERS, f[3], group, correlation_id, reply_to,
+                    f[4])
         m.pos = m.id if f[5] == m.id else f[5]  # one int object, as enqueue made it
-        if len(f) == 15:
-            (m.group, m.correlation_id, m.reply_to, m.receive_count, m.expires_at, m.state,
-             m.delivery, m.lease_ms, m.ready_at_ms) = f[6:]
+        if len(f) > 6:
+            m.receive_count, m.expires_at, m.state, m.delivery = f[9:13]
+            m.due_ms = f[14] if len(f) == 15 and m.state == DELAYED else f[13]
         return m
 
 
-_DEFAULT_TAIL: list[Any] = [None, None, None, 0, 0, READY, 0, 0, 0]
+class MsgWithMeta(Msg):
+    """A message with a group, a correlation id or a reply-to (set once, at publish)."""
+
+    __slots__ = ("group", "correlation_id", "reply_to")
+
+    def __init__(self, mid: int, body: bytes, headers: dict[str, str], priority: int,
+                 group: str | None, correlation_id: str | None, reply_to: str | None,
+                 published_at: int) -> None:
+        super().__init__(mid, body, headers, priority, published_at)
+        self.group = group
+        self.correlation_id = correlation_id
+        self.reply_to = reply_to
+
+
+_DEFAULT_TAIL: list[Any] = [None, None, None, 0, 0, READY, 0, 0]
 
 
 def _flat(entries: Sequence[tuple[int, ...]]) -> list[int]:
@@ -155,56 +181,54 @@ def _canonical_number(text: str) -> bool:
 class ReadyLevel:
     """The ready (pos, msg_id) entries of one priority level, popped smallest pos first.
 
-    Fresh messages arrive in increasing pos: they go to two parallel FIFOs (8 bytes per entry
-    each, the ints shared with the message) instead of a heap of tuples (about 72 bytes per
-    entry: a million-message backlog's largest index). A message that becomes ready again
-    behind newer ones (a nack, an expired lease, the end of a delay, its group's turn) goes to
-    a heap. The next entry is the smaller of the two heads."""
+    A published message's pos is its id (Queue.enqueue) and arrives in increasing order: its
+    entry is just the id in a FIFO (8 bytes, the int shared with the message) instead of a
+    heap tuple (about 72 bytes: a million-message backlog's largest index). Any other entry
+    (a nack, an expired lease, the end of a delay, its group's turn, a message moved in) goes
+    to a heap. The next entry is the smaller of the two heads."""
 
-    __slots__ = ("fifo_pos", "fifo_ids", "heap")
+    __slots__ = ("fifo", "heap")
 
     def __init__(self) -> None:
-        self.fifo_pos: deque[int] = deque()
-        self.fifo_ids: deque[int] = deque()
+        self.fifo: deque[int] = deque()  # ids, each its own pos
         self.heap: list[tuple[int, int]] = []
 
     def __len__(self) -> int:
-        return len(self.fifo_pos) + len(self.heap)
+        return len(self.fifo) + len(self.heap)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         """Every entry (stale ones too), in no particular order."""
-        yield from zip(self.fifo_pos, self.fifo_ids, strict=True)
+        yield from ((mid, mid) for mid in self.fifo)
         yield from self.heap
 
     def push(self, pos: int, mid: int) -> None:
-        if not self.fifo_pos or pos > self.fifo_pos[-1]:
-            self.fifo_pos.append(pos)
-            self.fifo_ids.append(mid)
+        if pos == mid and (not self.fifo or mid > self.fifo[-1]):
+            self.fifo.append(mid)
         else:
             heapq.heappush(self.heap, (pos, mid))
 
     def _head_in_fifo(self) -> bool:
-        return bool(self.fifo_pos) and (not self.heap or self.fifo_pos[0] < self.heap[0][0])
+        return bool(self.fifo) and (not self.heap or self.fifo[0] < self.heap[0][0])
 
     def top(self) -> tuple[int, int]:
-        return (self.fifo_pos[0], self.fifo_ids[0]) if self._head_in_fifo() else self.heap[0]
+        if self._head_in_fifo():
+            return self.fifo[0], self.fifo[0]
+        return self.heap[0]
 
     def pop(self) -> tuple[int, int]:
         if self._head_in_fifo():
-            return self.fifo_pos.popleft(), self.fifo_ids.popleft()
+            mid = self.fifo.popleft()
+            return mid, mid
         return heapq.heappop(self.heap)
 
     def keep(self, valid: Callable[[tuple[int, int]], Msg | None]) -> None:
         """Drop the stale entries."""
-        fifo = [e for e in zip(self.fifo_pos, self.fifo_ids, strict=True) if valid(e) is not None]
-        self.fifo_pos = deque(e[0] for e in fifo)
-        self.fifo_ids = deque(e[1] for e in fifo)
+        self.fifo = deque(mid for mid in self.fifo if valid((mid, mid)) is not None)
         self.heap = [e for e in self.heap if valid(e) is not None]
         heapq.heapify(self.heap)
 
     def encode(self) -> list[list[int]]:
-        fifo = [x for e in zip(self.fifo_pos, self.fifo_ids, strict=True) for x in e]
-        return [fifo, _flat(self.heap)]
+        return [list(self.fifo), _flat(self.heap)]
 
     @classmethod
     def decode(cls, rec: list[Any], msgs: dict[int, Msg]) -> ReadyLevel:
@@ -213,13 +237,9 @@ class ReadyLevel:
             fifo, heap = rec
         else:  # a snapshot from before ReadyLevel: one flat heap
             fifo, heap = [], rec
-        it = iter(fifo)
-        for pos, mid in zip(it, it, strict=True):
-            msg = msgs.get(mid)  # share the message's int objects, as before the snapshot
-            if msg is not None and msg.pos == pos:
-                pos, mid = msg.pos, msg.id
-            level.fifo_pos.append(pos)
-            level.fifo_ids.append(mid)
+        for mid in fifo:
+            msg = msgs.get(mid)  # share the message's int, as before the snapshot
+            level.fifo.append(msg.id if msg is not None else mid)
         level.heap = _pairs(heap)
         heapq.heapify(level.heap)  # a no-op for a heap; a pre-ReadyLevel list was one
         return level
@@ -360,7 +380,7 @@ class Queue:
 
     def _set_delayed(self, msg: Msg, ready_at_ms: int) -> None:
         msg.state = DELAYED
-        msg.ready_at_ms = ready_at_ms
+        msg.due_ms = ready_at_ms
         heapq.heappush(self.delayed, (ready_at_ms, msg.id))
         self.delayed_n += 1
 
@@ -480,7 +500,7 @@ class Queue:
                     continue  # a lazily deleted entry
                 self._take(msg)
                 msg.delivery = delivery
-                msg.lease_ms = lease_ms
+                msg.due_ms = lease_ms
                 heapq.heappush(leases, (lease_ms, mid, delivery))
                 view = self.view(msg)
                 view["receipt"] = f"{mid}.{delivery}"
@@ -566,9 +586,9 @@ class Queue:
                 self._release(msg, 0, now_ms, dead)
                 updated.append({"receipt": receipt, "lease_expires_at": now_ms})
                 continue
-            msg.lease_ms = now_ms + timeout_ms
-            heapq.heappush(self.leases, (msg.lease_ms, msg.id, msg.delivery))
-            updated.append({"receipt": receipt, "lease_expires_at": msg.lease_ms})
+            msg.due_ms = now_ms + timeout_ms
+            heapq.heappush(self.leases, (msg.due_ms, msg.id, msg.delivery))
+            updated.append({"receipt": receipt, "lease_expires_at": msg.due_ms})
         self._clean_tops()
         return updated, stale, dead
 
@@ -682,7 +702,7 @@ class Queue:
         while self.delayed and self.delayed[0][0] <= now_ms:
             ready_at, mid = heapq.heappop(self.delayed)
             msg = self.msgs.get(mid)
-            if msg is None or msg.state != DELAYED or msg.ready_at_ms != ready_at:
+            if msg is None or msg.state != DELAYED or msg.due_ms != ready_at:
                 continue
             self.delayed_n -= 1
             group = self.groups.get(msg.group) if msg.group is not None else None
@@ -696,7 +716,7 @@ class Queue:
             lease_ms, mid, delivery = heapq.heappop(self.leases)
             msg = self.msgs.get(mid)
             if msg is None or msg.state != INFLIGHT or msg.delivery != delivery \
-                    or msg.lease_ms != lease_ms:
+                    or msg.due_ms != lease_ms:
                 continue
             self._release(msg, 0, now_ms, dead)
 
@@ -739,7 +759,7 @@ class Queue:
     def _valid_lease(self, e: tuple[int, int, int]) -> Msg | None:
         msg = self.msgs.get(e[1])
         ok = msg is not None and msg.state == INFLIGHT and msg.delivery == e[2] \
-            and msg.lease_ms == e[0]
+            and msg.due_ms == e[0]
         return msg if ok else None
 
     def _valid_ttl(self, e: tuple[int, int]) -> Msg | None:
@@ -748,7 +768,7 @@ class Queue:
 
     def _valid_delay(self, e: tuple[int, int]) -> Msg | None:
         msg = self.msgs.get(e[1])
-        return msg if msg is not None and msg.state == DELAYED and msg.ready_at_ms == e[0] \
+        return msg if msg is not None and msg.state == DELAYED and msg.due_ms == e[0] \
             else None
 
     # ----- reads
@@ -847,8 +867,12 @@ class Queue:
     @classmethod
     def decode(cls, d: dict[str, Any]) -> Queue:
         q = cls(d["name"], d["config"], 0)
+        published_at = None
         for rec in d["msgs"]:
             m = Msg.decode(rec)
+            if m.published_at == published_at:  # a batch's messages share one int, as before
+                m.published_at = published_at
+            published_at = m.published_at
             q.msgs[m.id] = m
         q.ready = [ReadyLevel.decode(rec, q.msgs) for rec in d["ready"]]
         assert len(q.ready) == PRIORITY_LEVELS
@@ -996,8 +1020,8 @@ class Queues:
             ids.append(mid)
             get = m.get
             # headers are shared with the command, never changed in place (dead-lettering copies)
-            msg = Msg(mid, m["body"], get("headers") or EMPTY_HEADERS, get("priority") or 0,
-                      get("group"), get("correlation_id"), get("reply_to"), now_ms)
+            msg = Msg.new(mid, m["body"], get("headers") or EMPTY_HEADERS, get("priority") or 0,
+                          get("group"), get("correlation_id"), get("reply_to"), now_ms)
             delay_s, ttl_s = get("delay_s"), get("ttl_s")
             gone = q.enqueue(msg, s_to_ms(delay_s) if delay_s else default_delay_ms,
                              s_to_ms(ttl_s) if ttl_s else default_ttl_ms, now_ms)

@@ -1,9 +1,10 @@
 """What a queued message costs in memory: the 1,000,000-message target (issue 7) rests on it.
 
 Measured with tracemalloc on the pure state: a 256-byte body costs 304 bytes as a Python bytes
-object, the message object 152, its id 32 and its dict slot about 42; the ready index adds
-16 (two FIFO slots sharing the message's ints; storage.queues.ReadyLevel). Before ReadyLevel a
-message cost 621 bytes, and 713 after a snapshot round trip (its ints were no longer shared).
+object, the message object 120 (11 slots: storage.queues.Msg), its id 32 and its dict slot
+about 42; the ready index adds 8 (a FIFO slot holding the id, which is also its position:
+storage.queues.ReadyLevel). 502 bytes in all, the same after a snapshot round trip. Before:
+621 bytes, and 713 after a snapshot round trip (its ints were no longer shared).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from storage.state import BrokerState
 T0 = 1_700_000_000_000
 MESSAGES = 20_000
 BODY_BYTES = 256
-BYTES_PER_MESSAGE_MAX = 580  # measured 542 (docs/benchmarks.md, "Where the memory goes")
+BYTES_PER_MESSAGE_MAX = 540  # measured 502 (docs/benchmarks.md, "Where the memory goes")
 
 
 def traced_bytes_per_message(build: object) -> float:

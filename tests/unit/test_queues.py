@@ -233,8 +233,9 @@ def test_a_snapshot_from_before_ready_levels_delivers_in_the_same_order(b: Broke
     b.ok(op="queue.nack", queue="q", receipts=[r["receipt"] for r in first])
     doc = b.state.encode()
     queue = next(q for q in doc["queues"]["queues"] if q["name"] == "q")
-    assert queue["ready"][0] == [[3, 3, 4, 4], [1, 1, 2, 2]], "fifo [pos, id, ...], heap"
-    queue["ready"] = [fifo + heap for fifo, heap in queue["ready"]]  # the old layout
+    assert queue["ready"][0] == [[3, 4], [1, 1, 2, 2]], "fifo of ids, heap of (pos, id)"
+    queue["ready"] = [[x for mid in fifo for x in (mid, mid)] + heap  # the old layout
+                      for fifo, heap in queue["ready"]]
     old = Broker()
     old.state = type(b.state).decode(doc)
     old.now_ms = b.now_ms

@@ -46,9 +46,9 @@ def check_queue(q: Queue, now_ms: int) -> None:
         if m.state == READY:
             assert (m.pos, m.id) in ready_entries and m.delivery == 0
         elif m.state == INFLIGHT:
-            assert (m.lease_ms, m.id, m.delivery) in leases and m.delivery > 0
+            assert (m.due_ms, m.id, m.delivery) in leases and m.delivery > 0
         elif m.state == DELAYED:
-            assert (m.ready_at_ms, m.id) in delayed
+            assert (m.due_ms, m.id) in delayed
         if m.expires_at and (m.state != INFLIGHT or m.expires_at > now_ms):
             # (a leased message past its TTL expires when its lease ends)
             assert (m.expires_at, m.id) in ttls
@@ -56,8 +56,7 @@ def check_queue(q: Queue, now_ms: int) -> None:
         assert all(heap[i] <= heap[c] for i in range(len(heap))
                    for c in (2 * i + 1, 2 * i + 2) if c < len(heap))
     for level in q.ready:
-        assert list(level.fifo_pos) == sorted(set(level.fifo_pos)), "fifo in enqueue order"
-        assert len(level.fifo_pos) == len(level.fifo_ids)
+        assert list(level.fifo) == sorted(set(level.fifo)), "fifo in enqueue order"
         assert not level or q._valid_ready(level.top()) is not None, "tops are clean"
     check_groups(q)
     removed = (q.acked_total + q.dead_lettered_total + q.dropped_total + q.purged_total

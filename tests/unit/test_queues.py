@@ -224,22 +224,39 @@ def test_nacked_and_moved_messages_interleave_with_fresh_ones_in_enqueue_order(
     assert b.bodies("q", 10, ack="auto") == expected
 
 
-def test_a_snapshot_from_before_ready_levels_delivers_in_the_same_order(b: Broker) -> None:
+def test_a_snapshot_in_the_older_layouts_restores_the_same_queue(b: Broker) -> None:
     """Snapshots written before ReadyLevel hold each priority's ready entries as one flat heap
-    of (pos, id) pairs; a node restarting from one must deliver in the same order."""
+    of (pos, id) pairs, and before MSG_FIELDS a list per message with lease_ms and
+    ready_at_ms apart; a node restarting from one must deliver in the same order."""
+    from storage.queues import DELAYED, MSG_FIELDS
+
     b.create("q", visibility_timeout_s=5)
-    b.publish("q", "a", "b", "c", "d")
+    b.publish("q", "a", "b", "c", "d", "e")
     first = b.receive("q", 2)
     b.ok(op="queue.nack", queue="q", receipts=[r["receipt"] for r in first])
+    assert b.bodies("q", 1) == [b"a"]  # in flight again, its lease ends in 5 s
     doc = b.state.encode()
     queue = next(q for q in doc["queues"]["queues"] if q["name"] == "q")
-    assert queue["ready"][0] == [[3, 4], [1, 1, 2, 2]], "fifo of ids, heap of (pos, id)"
-    queue["ready"] = [[x for mid in fifo for x in (mid, mid)] + heap  # the old layout
+    assert queue["ready"][0] == [[3, 4, 5], [2, 2]], "fifo of ids, heap of (pos, id)"
+    queue["ready"] = [[x for mid in fifo for x in (mid, mid)] + heap  # the old layouts
                       for fifo, heap in queue["ready"]]
+    records, published_at = [], None
+    it = iter(queue.pop("messages"))
+    for mid, body, headers, priority, published, pos, tail in zip(*[it] * MSG_FIELDS, strict=True):
+        published_at = published_at if published is None else published
+        record = [mid, body, headers or {}, priority, published_at, mid if pos is None else pos]
+        if tail:
+            due = tail[-1]
+            record += tail[:-1] + ([0, due] if tail[5] == DELAYED else [due, 0])
+        records.append(record)
+    assert [len(r) for r in records] == [15, 15, 6, 6, 6]
+    queue["msgs"] = records
     old = Broker()
     old.state = type(b.state).decode(doc)
     old.now_ms = b.now_ms
-    assert old.bodies("q", 10) == [b"a", b"b", b"c", b"d"]
+    for broker in (b, old):
+        assert broker.bodies("q", 10, ack="auto") == [b"b", b"c", b"d", b"e"]
+        assert broker.at(5_000).bodies("q", 10, ack="auto") == [b"a"]
 
 
 def test_receive_visibility_override(b: Broker) -> None:

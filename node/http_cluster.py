@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from node import gc_pauses, http_members
+from node import gc_pauses, heap_trim, http_members
 from node.app import Handler, NodeContext, ctx, set_stream_headers
 from node.codec import respond
 from replication.hardening import JOURNAL_FILE_NAME, durability_stats
@@ -242,6 +242,10 @@ class BrokerCollector(Collector):
              self.context.replica.stats().get("elections_started", 0)),
             ("raftmq_gc_freezes_total", "Slow full garbage collections whose survivors were "
              "frozen (node/gc_pauses.py)", gc_pauses.stats().freezes),
+            ("raftmq_heap_trims_total", "Free C heap returned to the OS (malloc_trim; "
+             "node/heap_trim.py)", heap_trim.stats().trims),
+            ("raftmq_heap_trim_seconds_total", "Time spent in those trims",
+             heap_trim.stats().seconds_total),
             ("raftmq_gc_frozen_objects", "Objects in the permanent GC generation (not walked by "
              "full collections)", gc.get_freeze_count()),
             ("raftmq_raft_elections_averted_total",

@@ -17,6 +17,7 @@ from aiohttp.web_protocol import RequestHandler
 from node import (
     auth,
     gc_pauses,
+    heap_trim,
     http_cluster,
     http_members,
     http_queues,
@@ -232,6 +233,7 @@ async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path,
     await site.start()
     log.info("event=node_started node=%s http=%s raft=%s data_dir=%s auth=%s",
              spec.id, spec.http, spec.raft, data_dir, "on" if auth_config else "off")
+    trimmer = asyncio.get_running_loop().create_task(heap_trim.run(replica.is_ready))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -240,6 +242,7 @@ async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path,
         await stop.wait()
     finally:
         log.info("event=node_stopping node=%s", spec.id)
+        trimmer.cancel()
         await runner.cleanup()
         await replica.close()
 

@@ -40,3 +40,6 @@ def test_metrics_after_known_traffic(shared_cluster: Cluster) -> None:
     # node/gc_pauses.py is installed in every node (a small heap: nothing frozen yet)
     assert m["raftmq_gc_freezes_total"] >= 0 and m["raftmq_gc_frozen_objects"] >= 0
     assert "raftmq_gc_full_collection_seconds_count" in m
+    # node/heap_trim.py trims once the node is ready (this glibc host has malloc_trim)
+    wait_until(lambda: scrape(url)["raftmq_heap_trims_total"] >= 1, what="the start-up trim")
+    assert m["raftmq_journal_payload_bytes_in_memory"] <= m["raftmq_journal_payload_bytes"]

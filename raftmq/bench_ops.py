@@ -44,6 +44,7 @@ FILL_BATCH = 1000
 FILL_CONCURRENCY = 8
 FILL_ATTEMPTS = 20               # per batch, after a failed answer (an election under the fill)
 POLL_S = 0.01
+SETTLE_TIMEOUT_S = 10.0  # restart: wait this long at most for the node's start-up heap trim
 
 
 @dataclass
@@ -278,13 +279,8 @@ async def fill_queue(client: Client, url: str, count: int, size_bytes: int) -> F
 
 async def elections(client: Client, nodes: dict[str, Node]) -> int:
     """Elections started so far, summed over the nodes' /metrics."""
-    total = 0
-    for node in nodes.values():
-        status, raw = await client.raw("GET", node.url + "/metrics")
-        for line in raw.decode().splitlines():
-            if status == 200 and line.startswith("raftmq_raft_elections_started_total "):
-                total += int(float(line.split()[1]))
-    return total
+    return sum([int(await metric(client, node.url, "raftmq_raft_elections_started_total") or 0)
+                for node in nodes.values()])
 
 
 async def wait_queue_everywhere(client: Client, nodes: dict[str, Node], queue: str,
@@ -295,6 +291,26 @@ async def wait_queue_everywhere(client: Client, nodes: dict[str, Node], queue: s
             if time.monotonic() > deadline:
                 raise BenchError(f"{node.node_id} did not apply {count} messages in {timeout_s}s")
             await asyncio.sleep(0.2)
+
+
+async def metric(client: Client, url: str, name: str) -> float | None:
+    """One unlabelled metric of a node's /metrics, None when absent or unreachable."""
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        status, raw = await client.raw("GET", url + "/metrics")
+        for line in raw.decode().splitlines():
+            if status == 200 and line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
+
+
+async def heap_trimmed(client: Client, url: str, timeout_s: float) -> bool:
+    """Wait for the node's start-up heap trim (node/heap_trim.py: once ready)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (await metric(client, url, "raftmq_heap_trims_total") or 0) >= 1:
+            return True
+        await asyncio.sleep(POLL_S)
+    return False
 
 
 async def restart(client: Client, cluster: LocalCluster, urls: list[str],
@@ -337,6 +353,8 @@ async def restart(client: Client, cluster: LocalCluster, urls: list[str],
         await asyncio.sleep(POLL_S)
     full_s = time.monotonic() - t_start
     rss_after = rss_bytes(victim.pid)
+    trimmed = await heap_trimmed(client, victim.url, SETTLE_TIMEOUT_S)
+    rss_settled = rss_bytes(victim.pid)
     if not quiet:
         print(f"  {victim.node_id}: ready {ready_s:.2f}s after start, holding all {count:,} "
               f"after {full_s:.2f}s", file=sys.stderr)
@@ -349,6 +367,7 @@ async def restart(client: Client, cluster: LocalCluster, urls: list[str],
             "restarted": victim.node_id, "ready_s": round(ready_s, 3),
             "all_messages_s": round(full_s, 3),
             "rss_mb_after_restart": round(rss_after / 2**20, 1),
+            "rss_mb_settled": round(rss_settled / 2**20, 1), "heap_trimmed": trimmed,
             "seconds": round(time.perf_counter() - t_fill, 2)}
 
 
@@ -375,12 +394,14 @@ def table(result: dict[str, Any]) -> str:
                      f"ms, min {f['min']:,.0f}, max {f['max']:,.0f} "
                      f"({len(result['rounds'])} rounds)")
         return "\n".join(lines)
-    rss = ", ".join(f"{k} {v:,.0f} MB" for k, v in sorted(result["rss_mb"].items()))
+    rss = ", ".join(f"{k} {v:,.0f} MiB" for k, v in sorted(result["rss_mb"].items()))
     return "\n".join([
         f"filled {result['msgs']:,} messages of {result['size_bytes']} bytes in "
         f"{result['fill_s']:.1f} s ({result['fill_msgs_per_s']:,.0f} msg/s; "
         f"{result['fill_elections']} elections, {result['fill_retries']} batches sent again)",
-        f"RSS per node holding them: {rss} (max {result['rss_mb_max']:,.0f} MB)",
+        f"RSS per node holding them: {rss} (max {result['rss_mb_max']:,.0f} MiB)",
         f"{result['restarted']} killed (SIGKILL) and started again: /readyz 200 after "
         f"{result['ready_s']:.2f} s, all {result['msgs']:,} messages reported after "
-        f"{result['all_messages_s']:.2f} s; RSS then {result['rss_mb_after_restart']:,.0f} MB"])
+        f"{result['all_messages_s']:.2f} s; RSS then {result['rss_mb_after_restart']:,.0f} MiB, "
+        f"{result['rss_mb_settled']:,.0f} MiB after its start-up heap trim"
+        + ("" if result["heap_trimmed"] else " (none seen: not glibc?)")])

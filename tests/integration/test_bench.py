@@ -125,6 +125,7 @@ def test_restart_reports_rss_and_the_time_until_the_node_holds_the_queue_again()
     assert all(v > 10 for v in out["rss_mb"].values()), out
     assert 0 < out["ready_s"] <= out["all_messages_s"] < 300, out
     assert out["rss_mb_after_restart"] > 10
+    assert out["heap_trimmed"] and out["rss_mb_settled"] > 10, "the node's start-up trim"
     assert not [p for p in out["cluster"]["node_pids"] if alive(p)]
 
 

@@ -406,7 +406,12 @@ class Queue:
 
     def _push_ready(self, msg: Msg) -> None:
         msg.state = READY
-        self.ready[msg.priority].push(msg.pos, msg.id)
+        level, mid = self.ready[msg.priority], msg.id
+        fifo = level.fifo
+        if msg.pos is mid and (not fifo or mid > fifo[-1]):  # ReadyLevel.push, inlined: hot
+            fifo.append(mid)
+        else:
+            level.push(msg.pos, mid)
         self.ready_n += 1
         self.ready_bytes += len(msg.body)
 
@@ -525,8 +530,12 @@ class Queue:
         msgs, leases = self.msgs, self.leases
         for priority in range(PRIORITY_LEVELS - 1, -1, -1):
             level = self.ready[priority]
-            while level and len(out) < max_messages:
-                pos, mid = level.pop()
+            fifo, heap = level.fifo, level.heap
+            while (fifo or heap) and len(out) < max_messages:
+                if fifo and (not heap or fifo[0] < heap[0][0]):  # ReadyLevel.pop, inlined
+                    pos = mid = fifo.popleft()
+                else:
+                    pos, mid = heapq.heappop(heap)
                 msg = msgs.get(mid)
                 if msg is None or msg.state != READY or msg.pos != pos:
                     continue  # a lazily deleted entry
@@ -1052,8 +1061,13 @@ class Queues:
             ids.append(mid)
             get = m.get
             # headers are shared with the command, never changed in place (dead-lettering copies)
-            msg = Msg.new(mid, m["body"], get("headers") or EMPTY_HEADERS, get("priority") or 0,
-                          get("group"), get("correlation_id"), get("reply_to"), now_ms)
+            group, correlation_id, reply_to = get("group"), get("correlation_id"), get("reply_to")
+            if group is None and correlation_id is None and reply_to is None:  # Msg.new, inlined
+                msg = Msg(mid, m["body"], get("headers") or EMPTY_HEADERS, get("priority") or 0,
+                          now_ms)
+            else:
+                msg = MsgWithMeta(mid, m["body"], get("headers") or EMPTY_HEADERS,
+                                  get("priority") or 0, group, correlation_id, reply_to, now_ms)
             delay_s, ttl_s = get("delay_s"), get("ttl_s")
             gone = q.enqueue(msg, s_to_ms(delay_s) if delay_s else default_delay_ms,
                              s_to_ms(ttl_s) if ttl_s else default_ttl_ms, now_ms)

@@ -1061,13 +1061,8 @@ class Queues:
             ids.append(mid)
             get = m.get
             # headers are shared with the command, never changed in place (dead-lettering copies)
-            group, correlation_id, reply_to = get("group"), get("correlation_id"), get("reply_to")
-            if group is None and correlation_id is None and reply_to is None:  # Msg.new, inlined
-                msg = Msg(mid, m["body"], get("headers") or EMPTY_HEADERS, get("priority") or 0,
-                          now_ms)
-            else:
-                msg = MsgWithMeta(mid, m["body"], get("headers") or EMPTY_HEADERS,
-                                  get("priority") or 0, group, correlation_id, reply_to, now_ms)
+            msg = Msg.new(mid, m["body"], get("headers") or EMPTY_HEADERS, get("priority") or 0,
+                          get("group"), get("correlation_id"), get("reply_to"), now_ms)
             delay_s, ttl_s = get("delay_s"), get("ttl_s")
             gone = q.enqueue(msg, s_to_ms(delay_s) if delay_s else default_delay_ms,
                              s_to_ms(ttl_s) if ttl_s else default_ttl_ms, now_ms)

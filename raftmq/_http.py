@@ -105,7 +105,11 @@ class Transport:
         self.urls = urls
         self.policy = policy
         self.codec = codec
-        self._headers = {"Accept": MSGPACK if codec == "msgpack" else JSON}
+        # identity: a node gzips answers of 64 KiB or more for clients that ask (aiohttp asks
+        # by default), which costs the node more CPU than it saves on a LAN (receive b1000:
+        # 34 vs 25 us per message, docs/benchmarks.md session 4)
+        self._headers = {"Accept": MSGPACK if codec == "msgpack" else JSON,
+                         "Accept-Encoding": "identity"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._session: aiohttp.ClientSession | None = None

@@ -746,16 +746,22 @@ async def run_spec(spec: Spec, client: Client, meter: CpuMeter, seq: int,
     return summarise(run, wall_s, cpu)
 
 
-def client_session() -> aiohttp.ClientSession:
-    """Keep-alive connections, enough for CONCURRENCY_MAX workers, REQUEST_TIMEOUT_S each."""
+def client_session(gzip: bool = False) -> aiohttp.ClientSession:
+    """Keep-alive connections, enough for CONCURRENCY_MAX workers, REQUEST_TIMEOUT_S each.
+
+    Answers are not compressed unless `gzip` (`--gzip`): aiohttp (like `requests`) asks for
+    gzip by default, and a node then deflates every answer of 64 KiB or more, which on
+    loopback only costs node CPU (receive b1000: 34 vs 25 us/msg) and which the peers' AMQP
+    and NATS clients never ask for (docs/benchmarks.md, session 4)."""
     connector = aiohttp.TCPConnector(limit=CONCURRENCY_MAX * 2, keepalive_timeout=60)
-    return aiohttp.ClientSession(connector=connector,
-                                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
+    return aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+        headers={"Accept-Encoding": "gzip, deflate" if gzip else "identity"})
 
 
 async def run_specs(specs: list[Spec], urls: list[str], pids: list[int],
                     args: argparse.Namespace) -> list[dict[str, Any]]:
-    async with client_session() as session:
+    async with client_session(args.gzip) as session:
         codec = await negotiate(session, urls[0], args.codec)
         meter = CpuMeter(pids)
         results = []
@@ -938,6 +944,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--base-port", type=int, help="local cluster base port (default: random)")
     ap.add_argument("--keep-data", action="store_true", help="keep the local cluster's dir")
     ap.add_argument("--codec", choices=("auto", "json", "msgpack"), default="auto")
+    ap.add_argument("--gzip", action="store_true",
+                    help="ask for gzip'd answers, as aiohttp and requests do by default "
+                         "(the node then compresses answers of 64 KiB or more)")
     ap.add_argument("--json", action="store_true", help="print results as JSON")
     ap.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     args = ap.parse_args(argv)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import tracemalloc
+from collections.abc import Callable
 
 from storage.state import BrokerState
 
@@ -21,8 +22,7 @@ BODY_BYTES = 256
 BYTES_PER_MESSAGE_MAX = 540  # measured 502 (docs/benchmarks.md, "Where the memory goes")
 
 
-def traced_bytes_per_message(build: object) -> float:
-    assert callable(build)
+def traced_bytes_per_message(build: Callable[[], object]) -> float:
     gc.collect()
     tracemalloc.start()
     try:

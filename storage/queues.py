@@ -527,7 +527,8 @@ class Queue:
             level = self.ready[priority]
             fifo, heap = level.fifo, level.heap
             while (fifo or heap) and len(out) < max_messages:
-                if fifo and (not heap or fifo[0] < heap[0][0]):  # ReadyLevel.pop inlined: 6 % of receive
+                # ReadyLevel.pop, inlined: through the method receive + ack costs 6 % more
+                if fifo and (not heap or fifo[0] < heap[0][0]):
                     pos = mid = fifo.popleft()
                 else:
                     pos, mid = heapq.heappop(heap)

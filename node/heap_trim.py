@@ -5,8 +5,9 @@ resident. A restart leaves many: the journal read at start-up (up to
 `log_compaction_bytes_max` of entries) and the snapshot's decoding are freed among the
 objects that stay. Measured on a node restarted with 1,000,000 queued messages: 676 MiB RSS,
 556 MiB after `malloc_trim(0)`. A trim of a node holding 1M messages takes 1-2 ms
-(`raftmq_heap_trim_seconds_total`: 1.0-2.4 ms for a node's first two trims). CPython's own small-object arenas are returned by CPython; this is for
-everything larger. Not glibc (musl, macOS): `trim()` does nothing.
+(`raftmq_heap_trim_seconds_total`: 1.0-2.4 ms for a node's first two trims). CPython's own
+small-object arenas are returned by CPython; this is for everything larger. Not glibc (musl,
+macOS): `trim()` does nothing.
 """
 
 from __future__ import annotations

@@ -252,6 +252,13 @@ class BrokerCollector(Collector):
              "Expired election timers whose leader append was already waiting unread (a stall "
              "of this node, not of the leader)",
              self.context.replica.stats().get("elections_averted", 0)),
+            ("raftmq_raft_commit_notifies_deferred_total",
+             "Leader: commits whose index rode on the next append_entries (within "
+             "commit_notify_delay_ms) instead of a send of their own",
+             self.context.replica.stats().get("commit_notifies_deferred", 0)),
+            ("raftmq_raft_commit_notifies_immediate_total",
+             "Leader: commits sent to followers at once because one waits on an entry it "
+             "forwarded", self.context.replica.stats().get("commit_notifies_immediate", 0)),
             ("raftmq_reads_linearizable_total", "Reads that waited for a Raft barrier",
              barrier.waits if barrier else 0),
             ("raftmq_read_barriers_total", "No-ops proposed for reads (shared by concurrent reads)",

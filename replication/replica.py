@@ -259,6 +259,83 @@ def _wake_single_node(sync: Any, inflight: Callable[[], int]) -> None:
     poller.poll = poll
 
 
+_APPLY_FN = "_SyncObj__applyLogEntries"  # returns "send append_entries now"
+_NEXT_APPEND_ATTR = "_SyncObj__newAppendEntriesTime"  # the leader's next append_entries
+_COMMANDS_QUEUE_ATTR = "_SyncObj__commandsQueue"
+_LAST_INDEX_FN = "_SyncObj__getCurrentLogIndex"
+
+
+class CommitNotifyDeferral:
+    """Leader: a new commit index rides on the next append_entries instead of a send of its own.
+
+    With `appendEntriesUseBatch` off, pysyncobj's leader sends append_entries to every follower
+    right after each tick that applied entries, only to carry the new commit index: at one
+    write at a time that is two more sends, two more follower wake-ups and the GIL held by the
+    Raft thread while the loop waits to answer (docs/benchmarks.md, session 5). The next
+    append_entries (a new entry, or the heartbeat) carries the commit index anyway. Instead,
+    the leader moves its next append_entries to at most `delay_s` from now and polls no longer
+    than that: a new entry within the delay carries the commit index, else it goes alone.
+
+    Followers learn commits up to `delay_s` later (their local reads, long polls and SSE
+    streams). A follower's own forwarded command is not delayed: when a tick applies an entry
+    a follower forwarded, the commit index is sent at once as before. Safety does not
+    depend on when followers learn the commit index, only liveness, which `delay_s` bounds.
+    """
+
+    def __init__(self, sync: Any, delay_s: float) -> None:
+        assert delay_s > 0
+        for name in (_APPLY_FN, _NEXT_APPEND_ATTR, _COMMANDS_QUEUE_ATTR, _LAST_INDEX_FN,
+                     _RAFT_STATE_ATTR):
+            assert hasattr(sync, name), f"pysyncobj internals changed ({name})"
+        self.sync = sync
+        self.delay_s = delay_s
+        self.forwarded: collections.deque[int] = collections.deque()  # their log indexes
+        self.pending = False  # a deferred commit notification has not gone out yet
+        self.deferred = 0
+        self.immediate = 0
+        self._apply = getattr(sync, _APPLY_FN)
+        queue = getattr(sync, _COMMANDS_QUEUE_ATTR)
+        self._get_command = queue.get_nowait
+        self._poll = sync._poller.poll
+        setattr(sync, _APPLY_FN, self.apply_entries)
+        queue.get_nowait = self.get_command
+        sync._poller.poll = self.poll
+
+    def get_command(self) -> Any:  # Raft thread, in _checkCommandsToApply
+        item = self._get_command()
+        if isinstance(item[1], tuple):  # (node, request_id): forwarded by a follower
+            self.forwarded.append(getattr(self.sync, _LAST_INDEX_FN)() + 1)  # its index
+        return item
+
+    def apply_entries(self) -> bool:  # Raft thread, once per tick
+        sync = self.sync
+        send_now: bool = self._apply()
+        applied, forwarded, waited_on = sync.raftLastApplied, self.forwarded, False
+        while forwarded and forwarded[0] <= applied:
+            forwarded.popleft()
+            waited_on = True  # a follower waits to apply this entry to answer its client
+        if not send_now or getattr(sync, _RAFT_STATE_ATTR) != _LEADER_STATE:
+            return send_now
+        if waited_on:
+            self.immediate += 1
+            return True
+        due = raft_monotonic() + self.delay_s
+        if due < getattr(sync, _NEXT_APPEND_ATTR):
+            setattr(sync, _NEXT_APPEND_ATTR, due)
+        self.pending = True
+        self.deferred += 1
+        return False
+
+    def poll(self, timeout: float) -> None:  # Raft thread, at the end of each tick
+        if self.pending:
+            wait = getattr(self.sync, _NEXT_APPEND_ATTR) - raft_monotonic()
+            if wait > self.delay_s or getattr(self.sync, _RAFT_STATE_ATTR) != _LEADER_STATE:
+                self.pending = False  # an append_entries left since (or no longer leader)
+            else:
+                timeout = min(timeout, max(wait, 0.0))
+        self._poll(timeout)
+
+
 SNAPSHOT_EXPORTS_MAX_DEFAULT = 1  # concurrent GET /v1/cluster/snapshot per node (one fork each)
 EXPORT_LENGTH = struct.Struct(">Q")  # the export pipe carries the length, then the bytes
 
@@ -445,6 +522,7 @@ class Replica:
         self._raft_watch: RaftWatch
         self._proposer: Proposer
         self._submit_notifier: CoalescingNotifier | None = None
+        self._commit_notify: CommitNotifyDeferral | None = None
 
     @classmethod
     async def start(
@@ -481,6 +559,9 @@ class Replica:
             _sync_leader_before_poll(self._sync, journal_for(self._sync.conf.journalFile))
         if len(cfg.members()) == 1 and cfg.threading_mode == "thread":
             _wake_single_node(self._sync, lambda: self._proposer.inflight_entries)
+        if cfg.commit_notify_delay_ms > 0 and self._submit_notifier is not None:
+            self._commit_notify = CommitNotifyDeferral(self._sync,
+                                                       cfg.commit_notify_delay_ms / 1000)
         self._watch_task = loop.create_task(self._watch())
         if cfg.threading_mode == "loop":
             self._ticker_task = loop.create_task(self._loop_ticker())
@@ -637,6 +718,7 @@ class Replica:
         s = self._proposer.stats
         core = self._core
         notifier = self._submit_notifier
+        deferral = self._commit_notify
         return {
             "entries_submitted": s.entries_submitted,
             "commands_submitted": s.commands_submitted,
@@ -655,6 +737,8 @@ class Replica:
             "listener_wakeups": self.listener_wakeups,
             "submit_pipe_writes": notifier.writes if notifier else 0,
             "submit_pipe_writes_skipped": notifier.skipped if notifier else 0,
+            "commit_notifies_deferred": deferral.deferred if deferral else 0,
+            "commit_notifies_immediate": deferral.immediate if deferral else 0,
         }
 
     # -- background: leader watch, no-leader fast fail, tick --------------------------------

@@ -19,6 +19,9 @@ TICK_INTERVAL_MS_DEFAULT = 500  # the leader proposes {"op": "tick"} about twice
 NO_LEADER_GRACE_S_DEFAULT = 3.0  # elections take 1-2.5 s with default timeouts
 WATCH_INTERVAL_MS_DEFAULT = 100  # how often the loop looks at the leader/role
 LOOP_TICK_INTERVAL_MS_DEFAULT = 1  # threading_mode "loop": doTick(0) about every 1 ms
+# The leader tells followers a new commit index with its next append_entries if one leaves
+# within this delay, instead of a send of its own right after each commit (0: at once).
+COMMIT_NOTIFY_DELAY_MS_DEFAULT = 2.0
 THREADING_MODES = ("thread", "loop")
 
 
@@ -56,6 +59,9 @@ class ReplicaConfig:
     # The leader fsyncs its journal right before each poll when it holds unsynced entries, i.e.
     # after append_entries left, so its fsync overlaps the followers' instead of following it.
     leader_early_sync: bool = True
+    # Longest a follower may learn of a commit later than pysyncobj would tell it (replica.py,
+    # CommitNotifyDeferral); a follower's own forwarded command is told at once. 0: at once.
+    commit_notify_delay_ms: float = COMMIT_NOTIFY_DELAY_MS_DEFAULT
     # Extra SyncObjConf keyword arguments (timing knobs), passed through to pysyncobj.
     raft_conf: dict[str, Any] = field(default_factory=dict)
 

@@ -37,6 +37,9 @@ def test_metrics_after_known_traffic(shared_cluster: Cluster) -> None:
     assert m['raftmq_raft_role{role="leader"}'] == 1 and m["raftmq_raft_is_leader"] == 1
     assert m["raftmq_journal_fsyncs_total"] > 0 and m["raftmq_journal_fsync_seconds_total"] > 0
     assert m["raftmq_raft_frames_rejected_total"] == 0
+    # the leader's own writes above, one at a time: their commits rode on the next append
+    assert m["raftmq_raft_commit_notifies_deferred_total"] >= 1
+    assert m["raftmq_raft_commit_notifies_immediate_total"] >= 0
     # node/gc_pauses.py is installed in every node (a small heap: nothing frozen yet)
     assert m["raftmq_gc_freezes_total"] >= 0 and m["raftmq_gc_frozen_objects"] >= 0
     assert "raftmq_gc_full_collection_seconds_count" in m

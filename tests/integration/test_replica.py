@@ -108,3 +108,22 @@ def test_barrier_on_a_follower_sees_every_earlier_write(shared: Cluster) -> None
             # Right after the barrier returns (no polling), the follower has applied the write.
             out = f.call("POST", "/barrier")
             assert ["test.record", key] in out["log"]
+
+def test_commit_notifications_wait_for_the_next_append_unless_a_follower_waits(
+        shared: Cluster) -> None:
+    """CommitNotifyDeferral on real nodes: the leader's own one-at-a-time writes let the commit
+    index ride on the next append_entries; a follower's forwarded write is told at once."""
+    leader = shared.leader()
+    follower = shared.followers(leader)[0]
+    before = leader.status()["stats"]
+    for i in range(20):  # one at a time, as `raftmq bench latency` writes
+        assert leader.propose({"op": "test.record", "key": f"cn-l{i}"})["result"]
+    mid = leader.status()["stats"]
+    assert mid["commit_notifies_deferred"] - before["commit_notifies_deferred"] >= 10
+    for i in range(20):
+        assert follower.propose({"op": "test.record", "key": f"cn-f{i}"})["result"]
+    after = leader.status()["stats"]
+    # Every forwarded write's commit went out at once (a tick may carry more than one).
+    assert after["commit_notifies_immediate"] - mid["commit_notifies_immediate"] >= 10
+    keys = [f"cn-l{i}" for i in range(20)] + [f"cn-f{i}" for i in range(20)]
+    assert wait_logs_equal(shared.live(), keys) == keys  # and every node applied every write

@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
+from storage.answers import PublishedIds
 from storage.errors import BrokerError
 
 JSON = "application/json"
@@ -131,8 +132,8 @@ def wants_msgpack(request: web.Request) -> bool:
 def respond(request: web.Request, data: Any, status: int = 200,
             headers: dict[str, str] | None = None) -> web.Response:
     if wants_msgpack(request):
-        return web.Response(body=msgpack.packb(data, use_bin_type=True), status=status,
-                            content_type=MSGPACK, headers=headers)
+        return web.Response(body=msgpack.packb(data, use_bin_type=True, default=_plain),
+                            status=status, content_type=MSGPACK, headers=headers)
     return web.Response(text=dump_json(data), status=status, content_type=JSON,
                         headers=headers)
 
@@ -151,10 +152,17 @@ def sse_event(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {dump_json(data)}\n\n".encode()
 
 
-def _utf8_text(value: Any) -> str:
+def _utf8_text(value: Any) -> str | list[dict[str, Any]]:
     if isinstance(value, bytes):
         return value.decode("utf-8")
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+    return _plain(value)
+
+
+def _plain(value: Any) -> list[dict[str, Any]]:
+    """Encoders' hook for what results hold besides plain data: a publish's answer ids."""
+    if isinstance(value, PublishedIds):
+        return value.to_list()
+    raise TypeError(f"not serializable: {type(value).__name__}")
 
 
 def jsonable(value: Any) -> Any:
@@ -171,7 +179,7 @@ def jsonable(value: Any) -> Any:
             else:
                 out[key] = jsonable(item)
         return out
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | PublishedIds):
         return [jsonable(v) for v in value]
     if isinstance(value, bytes):
         try:

@@ -22,6 +22,7 @@ import operator
 from collections import deque
 from typing import Any
 
+from storage.answers import PublishedIds
 from storage.errors import BrokerError
 from storage.limits import DEFAULT_LIMITS, Limits
 from storage.queues import s_to_ms
@@ -188,6 +189,8 @@ def pack_result(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _packed_value(key: str, value: Any) -> Any:
+    if isinstance(value, PublishedIds):
+        return value.packed() if value else []
     if key == "messages" and isinstance(value, list) and value:
         compact = _pack_messages(value)
         if compact is not None:

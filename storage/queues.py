@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from storage.answers import PublishedIds
 from storage.errors import BrokerError
 from storage.limits import DEFAULT_LIMITS, Limits
 
@@ -1041,20 +1042,24 @@ class Queues:
     def commit(self, q: Queue, messages: list[dict[str, Any]], originals: list[int | None],
                now_ms: int) -> dict[str, Any]:
         """Publish a planned batch: cannot fail."""
-        out: list[dict[str, Any]] = []
         ids: list[int] = []
+        dups: list[bool] | None = None  # built at the first duplicate
         dropped: list[Msg] = []
         default_delay_ms = s_to_ms(q.config["delay_s"])
         default_ttl_ms = s_to_ms(q.config["message_ttl_s"])
         for m, original in zip(messages, originals, strict=True):
             if original is not None:
                 mid = ids[-1 - original] if original < 0 else original
+                if dups is None:
+                    dups = [False] * len(ids)
                 ids.append(mid)
-                out.append({"id": str(mid), "duplicate": True})
+                dups.append(True)
                 continue
             mid = self.next_msg_id
             self.next_msg_id += 1
             ids.append(mid)
+            if dups is not None:
+                dups.append(False)
             get = m.get
             # headers are shared with the command, never changed in place (dead-lettering copies)
             msg = Msg.new(mid, m["body"], get("headers") or EMPTY_HEADERS, get("priority") or 0,
@@ -1068,10 +1073,9 @@ class Queues:
             dedup_id = get("dedup_id")
             if dedup_id is not None:
                 q.dedup_remember(dedup_id, mid, now_ms, self.limits.dedup_ids_max)
-            out.append({"id": str(mid), "duplicate": False})
         self.route_dead(q, [(d, REASON_OVERFLOW) for d in dropped], now_ms)
         self.reschedule(q)
-        return {"messages": out, "duplicate": False}
+        return {"messages": PublishedIds(ids, dups), "duplicate": False}
 
     # ----- dead letters
     def route_dead(self, q: Queue, dead: Dead, now_ms: int) -> None:

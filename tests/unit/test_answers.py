@@ -1,0 +1,66 @@
+"""A queue publish's answer is kept as ids until read (storage/answers.py): it reads, compares,
+encodes and is stored by producers exactly like the list of dicts it stands for."""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+from aiohttp.test_utils import make_mocked_request
+
+from node.codec import dump_json, jsonable, respond
+from storage.answers import PublishedIds
+from storage.producers import pack_result, unpack_result
+from tests.unit.test_queues import Broker
+
+PLAIN = [{"id": "1", "duplicate": False}, {"id": "2", "duplicate": False},
+         {"id": "3", "duplicate": False}]
+
+
+def published(b: Broker, *messages: dict[str, object]) -> dict[str, object]:
+    return b.ok(op="queue.publish", queue="q", messages=list(messages))
+
+
+def test_a_publish_answer_is_ids_that_read_like_the_list_of_dicts() -> None:
+    b = Broker()
+    b.create("q")
+    answer = published(b, {"body": "a"}, {"body": "b"}, {"body": "c"})["messages"]
+    assert isinstance(answer, PublishedIds)  # no dict per message on nodes nobody asks
+    assert answer == PLAIN and list(answer) == PLAIN
+    assert PLAIN == answer  # noqa: SIM300 - the list on the left: the reflected comparison
+    assert len(answer) == 3 and answer[1] == PLAIN[1] and answer[-1] == PLAIN[-1]
+    assert answer[1:] == PLAIN[1:] and answer != PLAIN[:2]
+    assert repr(answer) == repr(PLAIN)
+
+
+def test_duplicates_in_a_batch_and_of_earlier_batches_carry_the_original_id() -> None:
+    b = Broker()
+    b.create("q")
+    published(b, {"body": "a", "dedup_id": "x"})
+    answer = published(b, {"body": "b", "dedup_id": "y"}, {"body": "a", "dedup_id": "x"},
+                       {"body": "c"}, {"body": "b", "dedup_id": "y"})["messages"]
+    assert answer == [{"id": "2", "duplicate": False}, {"id": "1", "duplicate": True},
+                      {"id": "3", "duplicate": False}, {"id": "2", "duplicate": True}]
+    assert b.stats()["published_total"] == 3
+
+
+def test_the_node_encodes_it_as_the_plain_list_in_json_and_msgpack() -> None:
+    result = {"messages": PublishedIds([1, 2, 3]), "duplicate": False}
+    want = {"messages": PLAIN, "duplicate": False}
+    assert json.loads(dump_json(result)) == want
+    assert jsonable({**result, "body": b"\xff"})["messages"] == PLAIN  # the slow JSON path
+    request = make_mocked_request("POST", "/", headers={"Accept": "application/msgpack"})
+    body = respond(request, result).body
+    assert isinstance(body, bytes) and msgpack.unpackb(body) == want
+
+
+def test_a_producer_stores_the_compact_form_and_answers_a_retry_with_the_same_list() -> None:
+    new = {"messages": PublishedIds([7, 8, 9]), "duplicate": False}
+    assert pack_result(new)["messages"] == {"range": [7, 3]}
+    mixed = {"messages": PublishedIds([7, 5, 8], [False, True, False]), "duplicate": False}
+    stored = pack_result(mixed)
+    assert stored["messages"] == {"ids": [7, 5, 8], "dups": [False, True, False]}
+    mixed["messages"].ids[0] = 99  # the answer handed out changes; the stored one does not
+    assert unpack_result(stored)["messages"] == [
+        {"id": "7", "duplicate": False}, {"id": "5", "duplicate": True},
+        {"id": "8", "duplicate": False}]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from node import heap_trim
 from node.barriers import ReadBarrier
 from node.codec import READ_TIMEOUT_KEY, respond
 from node.config import ClusterConfig, NodeSpec
@@ -61,7 +61,7 @@ class NodeContext:
         their acks free the memory that lets publishes in again."""
         now_s = time.monotonic()
         if now_s - self.rss_checked_s > RSS_CHECK_INTERVAL_S:
-            self.rss_bytes, self.rss_checked_s = process_rss_bytes(), now_s
+            self.rss_bytes, self.rss_checked_s = heap_trim.rss_bytes(), now_s
         limit = self.limits.memory_high_watermark_bytes
         if self.rss_bytes > limit:
             raise BrokerError("overloaded", f"node memory {self.rss_bytes} B is above "
@@ -101,17 +101,6 @@ class NodeContext:
 
 CTX = web.AppKey("raftmq_ctx", NodeContext)
 RSS_CHECK_INTERVAL_S = 0.1
-
-
-def process_rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * PAGE_BYTES
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def now_wall_ms() -> int:

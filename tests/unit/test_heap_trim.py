@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+from collections.abc import Callable
 
 import pytest
 
@@ -49,3 +50,36 @@ def test_run_trims_once_ready_then_every_interval() -> None:
     if heap_trim._TRIM is None:
         pytest.skip("no glibc malloc_trim on this system")
     assert asyncio.run(scenario()) >= start + 3
+
+
+def test_run_trims_when_the_process_grew_and_not_while_it_stays_put() -> None:
+    """A burst of writes leaves free chunks among the messages that stay: a trim follows it
+    (within a check period), and a quiet node is not trimmed again until the interval."""
+    size = [1000]
+    start = heap_trim.stats().trims
+
+    async def scenario() -> tuple[int, int, int]:
+        task = asyncio.get_running_loop().create_task(heap_trim.run(
+            lambda: True, 3600, check_s=0.01, growth_bytes=100, resident=lambda: size[0]))
+        await until(lambda: heap_trim.stats().trims == start + 1)  # the start-up trim
+        size[0] += 99  # below the growth threshold
+        await asyncio.sleep(0.1)
+        below = heap_trim.stats().trims
+        size[0] += 1  # 100 grown since that trim
+        await until(lambda: heap_trim.stats().trims == start + 2)
+        await asyncio.sleep(0.1)
+        quiet = heap_trim.stats().trims
+        task.cancel()
+        return below, quiet, heap_trim.stats().trims
+
+    async def until(predicate: Callable[[], bool]) -> None:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not predicate():
+            assert asyncio.get_running_loop().time() < deadline, "no trim"
+            await asyncio.sleep(0.005)
+
+    if heap_trim._TRIM is None:
+        pytest.skip("no glibc malloc_trim on this system")
+    below, quiet, end = asyncio.run(scenario())
+    assert below == start + 1, "99 bytes of growth are not enough"
+    assert quiet == end == start + 2, "no trims while the size stays put"

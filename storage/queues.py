@@ -3,8 +3,9 @@
 One `Queue` holds its messages in one dict (insertion order) and indexes them by state:
 
 * ready: one `ReadyLevel` per priority level of (pos, msg_id) entries, popped in pos order; `pos`
-  orders the queue's enqueues (the message id itself when ids arrive in order, the usual case:
-  one int object for both), so a redelivered message goes back to its place (FIFO by enqueue
+  orders the queue's enqueues (the message id itself, the usual case: one int object for both;
+  a message moved in from another queue gets a fresh number from the id counter, kept in
+  `Queue.moved_pos`), so a redelivered message goes back to its place (FIFO by enqueue
   order within a priority). Entries are deleted lazily (a stale entry's message is gone or no
   longer READY), and every level's top is kept valid after each command, so reads can peek
   without mutating.
@@ -73,7 +74,7 @@ class Msg:
     ready time while DELAYED (every reader checks the state first)."""
 
     __slots__ = ("id", "body", "headers", "priority", "published_at", "receive_count",
-                 "expires_at", "pos", "state", "delivery", "due_ms")
+                 "expires_at", "state", "delivery", "due_ms")
     group: str | None = None
     correlation_id: str | None = None
     reply_to: str | None = None
@@ -87,7 +88,6 @@ class Msg:
         self.published_at = published_at
         self.receive_count = 0
         self.expires_at = 0  # 0 = never
-        self.pos = 0
         self.state = READY
         self.delivery = 0  # the current delivery number (receipt), 0 = none
         self.due_ms = 0
@@ -106,14 +106,16 @@ class Msg:
                 self.expires_at, self.state, self.delivery, self.due_ms]
 
     @staticmethod
-    def decode_record(f: list[Any]) -> Msg:
+    def decode_record(f: list[Any], moved_pos: dict[int, int]) -> Msg:
         """A record of a snapshot from before MSG_FIELDS (a list per message): 6 items
-        (defaults), 14, or 15 from before `due_ms` (lease_ms and ready_at_ms apart)."""
+        (defaults), 14, or 15 from before `due_ms` (lease_ms and ready_at_ms apart). A
+        position other than the id goes to `moved_pos`."""
         assert len(f) in (6, 14, 15), "message record of the wrong length"
         group, correlation_id, reply_to = f[6:9] if len(f) > 6 else (None, None, None)
         m = Msg.new(f[0], f[1], f[2] or EMPTY_HEADERS, f[3], group, correlation_id, reply_to,
                     f[4])
-        m.pos = m.id if f[5] == m.id else f[5]  # one int object, as enqueue made it
+        if f[5] != m.id:
+            moved_pos[m.id] = f[5]
         if len(f) > 6:
             m.receive_count, m.expires_at, m.state, m.delivery = f[9:13]
             m.due_ms = f[14] if len(f) == 15 and m.state == DELAYED else f[13]
@@ -138,7 +140,7 @@ _DEFAULT_TAIL: list[Any] = [None, None, None, 0, 0, READY, 0, 0]
 MSG_FIELDS = 7  # items per message in a snapshot's flat "messages" list
 
 
-def encode_msgs(msgs: Iterable[Msg]) -> list[Any]:
+def encode_msgs(msgs: Iterable[Msg], moved_pos: dict[int, int]) -> list[Any]:
     """Every message as MSG_FIELDS items of one flat list: id, body, headers or None, priority,
     published_at or None (the previous message's), pos or None (the id), and None or the tail.
 
@@ -151,12 +153,13 @@ def encode_msgs(msgs: Iterable[Msg]) -> list[Any]:
         tail = m.tail()
         out += (m.id, m.body, m.headers or None, m.priority,
                 None if m.published_at == published_at else m.published_at,
-                None if m.pos == m.id else m.pos, None if tail == _DEFAULT_TAIL else tail)
+                moved_pos.get(m.id), None if tail == _DEFAULT_TAIL else tail)
         published_at = m.published_at
     return out
 
 
-def decode_msgs(flat: list[Any]) -> Iterator[Msg]:
+def decode_msgs(flat: list[Any], moved_pos: dict[int, int]) -> Iterator[Msg]:
+    """Inverse of encode_msgs; positions other than the id go to `moved_pos`."""
     published_at = 0
     it = iter(flat)
     for mid, body, headers, priority, published, pos, tail in zip(
@@ -166,7 +169,8 @@ def decode_msgs(flat: list[Any]) -> Iterator[Msg]:
         group, correlation_id, reply_to = tail[:3] if tail else (None, None, None)
         m = Msg.new(mid, body, headers or EMPTY_HEADERS, priority, group, correlation_id,
                     reply_to, published_at)
-        m.pos = mid if pos is None else pos
+        if pos is not None and pos != mid:
+            moved_pos[mid] = pos
         if tail:
             m.receive_count, m.expires_at, m.state, m.delivery, m.due_ms = tail[3:]
         yield m
@@ -298,6 +302,9 @@ class Queue:
     def __init__(self, name: str, config: dict[str, Any], now_ms: int) -> None:
         self.name = name
         self.config = config  # never changes after creation (create is idempotent)
+        # A message's position is its id, except for one moved in (dead letter, redrive):
+        # those few positions live here rather than in a slot of every message (16 B each).
+        self.moved_pos: dict[int, int] = {}
         self.length_max = int(config["max_length"])  # 0 = unlimited
         self.bytes_max = int(config["max_bytes"])  # 0 = unlimited
         self.msgs: dict[int, Msg] = {}
@@ -357,15 +364,21 @@ class Queue:
                     or (self.bytes_max and self.total_bytes > self.bytes_max))
 
     # ----- enqueue
-    def enqueue(self, msg: Msg, delay_ms: int, ttl_ms: int, now_ms: int) -> list[Msg]:
-        """Add a message (room checked by the caller); returns messages dropped by overflow."""
+    def enqueue(self, msg: Msg, delay_ms: int, ttl_ms: int, now_ms: int,
+                fresh_pos: Callable[[], int]) -> list[Msg]:
+        """Add a message (room checked by the caller); returns messages dropped by overflow.
+
+        `fresh_pos()` hands out a number no message id will take (Queues takes it from the id
+        counter): the position of an older message that moves in (dead letter, redrive) and
+        goes to the back. Later ids are above it, so they stay their own positions."""
         assert msg.id not in self.msgs, "message id enqueued twice"
         if msg.id >= self.next_pos:  # ids arrive in order: the id is the position
-            msg.pos = msg.id
             self.next_pos = msg.id + 1
-        else:  # an older message moved in (dead letter, redrive): it goes to the back
-            msg.pos = self.next_pos
-            self.next_pos += 1
+        else:
+            pos = fresh_pos()
+            assert pos >= self.next_pos, "a fresh position below the queue's last one"
+            self.moved_pos[msg.id] = pos
+            self.next_pos = pos + 1
         msg.receive_count = 0
         msg.delivery = 0
         msg.expires_at = now_ms + ttl_ms if ttl_ms > 0 else 0
@@ -407,7 +420,7 @@ class Queue:
 
     def _push_ready(self, msg: Msg) -> None:
         msg.state = READY
-        self.ready[msg.priority].push(msg.pos, msg.id)
+        self.ready[msg.priority].push(self.pos_of(msg.id), msg.id)
         self.ready_n += 1
         self.ready_bytes += len(msg.body)
 
@@ -437,9 +450,16 @@ class Queue:
         assert self.msgs.get(msg.id) is msg, "removing a message not in the queue"
         self._unindex(msg)
         del self.msgs[msg.id]
+        if self.moved_pos:
+            self.moved_pos.pop(msg.id, None)
         self.total_bytes -= len(msg.body)
         if msg.group is not None:
             self._leave_group(msg)
+
+    def pos_of(self, mid: int) -> int:
+        """The message's place in enqueue order (FIFO within a priority)."""
+        moved = self.moved_pos
+        return moved.get(mid, mid) if moved else mid
 
     def _leave_group(self, msg: Msg) -> None:
         assert msg.group is not None
@@ -460,7 +480,7 @@ class Queue:
     # ----- ready levels
     def _valid_ready(self, entry: tuple[int, int]) -> Msg | None:
         msg = self.msgs.get(entry[1])
-        if msg is None or msg.state != READY or msg.pos != entry[0]:
+        if msg is None or msg.state != READY or self.pos_of(msg.id) != entry[0]:
             return None
         return msg
 
@@ -523,7 +543,7 @@ class Queue:
         """The hot path: a manual delivery adds nothing to the ready levels (a group's next
         message waits for the ack), so one pass from priority 9 down is exact."""
         out: list[dict[str, Any]] = []
-        msgs, leases = self.msgs, self.leases
+        msgs, leases, moved = self.msgs, self.leases, self.moved_pos
         for priority in range(PRIORITY_LEVELS - 1, -1, -1):
             level = self.ready[priority]
             fifo, heap = level.fifo, level.heap
@@ -534,7 +554,8 @@ class Queue:
                 else:
                     pos, mid = heapq.heappop(heap)
                 msg = msgs.get(mid)
-                if msg is None or msg.state != READY or msg.pos != pos:
+                if (msg is None or msg.state != READY
+                        or (moved.get(mid, mid) if moved else mid) != pos):
                     continue  # a lazily deleted entry
                 self._take(msg)
                 msg.delivery = delivery
@@ -887,7 +908,7 @@ class Queue:
     def encode(self) -> dict[str, Any]:
         return {
             "name": self.name, "config": self.config,
-            "messages": encode_msgs(self.msgs.values()),
+            "messages": encode_msgs(self.msgs.values(), self.moved_pos),
             "ready": [level.encode() for level in self.ready], "leases": _flat(self.leases),
             "delayed": _flat(self.delayed), "ttls": _flat(self.ttls),
             "groups": [[k, g.active, list(g.waiting)] for k, g in self.groups.items()],
@@ -906,11 +927,11 @@ class Queue:
     def decode(cls, d: dict[str, Any]) -> Queue:
         q = cls(d["name"], d["config"], 0)
         if "messages" in d:
-            for m in decode_msgs(d["messages"]):
+            for m in decode_msgs(d["messages"], q.moved_pos):
                 q.msgs[m.id] = m
         else:  # a snapshot from before MSG_FIELDS
             for rec in d["msgs"]:
-                m = Msg.decode_record(rec)
+                m = Msg.decode_record(rec, q.moved_pos)
                 q.msgs[m.id] = m
         q.ready = [ReadyLevel.decode(rec, q.msgs) for rec in d["ready"]]
         assert len(q.ready) == PRIORITY_LEVELS
@@ -1034,6 +1055,12 @@ class Queues:
                                             f"{q.config['max_bytes']}, overflow reject)")
         return q, originals
 
+    def fresh_pos(self) -> int:
+        """A queue position no message id takes: the next id, skipped (Queue.enqueue)."""
+        pos = self.next_msg_id
+        self.next_msg_id += 1
+        return pos
+
     def publish(self, name: str, messages: list[dict[str, Any]],
                 now_ms: int) -> dict[str, Any]:
         q, originals = self.plan(name, messages, now_ms)
@@ -1066,7 +1093,8 @@ class Queues:
                           get("group"), get("correlation_id"), get("reply_to"), now_ms)
             delay_s, ttl_s = get("delay_s"), get("ttl_s")
             gone = q.enqueue(msg, s_to_ms(delay_s) if delay_s else default_delay_ms,
-                             s_to_ms(ttl_s) if ttl_s else default_ttl_ms, now_ms)
+                             s_to_ms(ttl_s) if ttl_s else default_ttl_ms, now_ms,
+                             self.fresh_pos)
             if gone:
                 dropped.extend(gone)
             q.published_total += 1
@@ -1103,7 +1131,7 @@ class Queues:
             headers["x-receive-count"] = str(msg.receive_count)
             msg.headers = headers
             ttl_ms = s_to_ms(dlq.config["message_ttl_s"])
-            dlq.enqueue(msg, 0, ttl_ms, now_ms)
+            dlq.enqueue(msg, 0, ttl_ms, now_ms, self.fresh_pos)
             dlq.published_total += 1
         self.reschedule(dlq)
 
@@ -1156,7 +1184,7 @@ class Queues:
             msg = src.take_next_ready()
             assert msg is nxt
             ttl_ms = s_to_ms(dst.config["message_ttl_s"])
-            dropped = dst.enqueue(msg, 0, ttl_ms, now_ms)
+            dropped = dst.enqueue(msg, 0, ttl_ms, now_ms, self.fresh_pos)
             dst.published_total += 1
             self.route_dead(dst, [(d, REASON_OVERFLOW) for d in dropped], now_ms)
             moved += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from storage.state import BrokerState
 from tests.unit.test_queues import Broker
 
 
@@ -222,6 +223,32 @@ def test_nack_beyond_max_receives_dead_letters(b: Broker) -> None:
     m = b.receive("q")[0]
     b.ok(op="queue.nack", queue="q", receipts=[m["receipt"]])
     assert b.receive("q") == [] and b.bodies("dlq") == [b"x"]
+
+
+def test_a_message_moved_in_keeps_its_place_behind_newer_ones_across_a_snapshot(
+        b: Broker) -> None:
+    """A dead-lettered message is older than what its dead-letter queue already holds: it
+    goes to the back (its position is not its id: Queue.moved_pos), a nack returns it to
+    that place, and a snapshot round trip keeps the order."""
+    b.create("q", max_receives=1, dead_letter_queue="dlq")
+    b.create("dlq")
+    b.publish("q", "old")
+    b.publish("dlq", "newer")
+    m = b.receive("q")[0]
+    b.ok(op="queue.nack", queue="q", receipts=[m["receipt"]])  # dead-lettered behind "newer"
+    b.publish("dlq", "newest")
+    dlq = b.state.queues.queues["dlq"]
+    assert list(dlq.moved_pos) == [int(m["id"])]
+    restored = BrokerState.decode_snapshot(b.state.encode_snapshot())
+    assert restored.queues.queues["dlq"].moved_pos == dlq.moved_pos
+    b.state = restored
+    got = b.receive("dlq", 2)
+    assert [x["body"] for x in got] == [b"newer", b"old"]
+    b.ok(op="queue.nack", queue="dlq", receipts=[got[1]["receipt"]])  # back to its place
+    again = b.receive("dlq", 10)
+    assert [x["body"] for x in again] == [b"old", b"newest"]
+    b.ok(op="queue.ack", queue="dlq", receipts=[x["receipt"] for x in again])
+    assert not b.state.queues.queues["dlq"].moved_pos  # gone with the message
 
 
 def test_redrive_moves_ready_messages_up_to_max(b: Broker) -> None:

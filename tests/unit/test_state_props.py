@@ -38,13 +38,15 @@ def check_queue(q: Queue, now_ms: int) -> None:
                         WAITING: q.waiting_n}
     assert q.total_bytes == sum(len(m.body) for m in q.msgs.values())
     assert q.ready_bytes == sum(len(m.body) for m in q.msgs.values() if m.state == READY)
+    assert q.moved_pos.keys() <= q.msgs.keys()  # only messages still here, moved in
+    assert all(pos != mid for mid, pos in q.moved_pos.items())
     ready_entries = {e for heap in q.ready for e in heap}
     leases = set(q.leases)
     delayed = set(q.delayed)
     ttls = set(q.ttls)
     for m in q.msgs.values():
         if m.state == READY:
-            assert (m.pos, m.id) in ready_entries and m.delivery == 0
+            assert (q.pos_of(m.id), m.id) in ready_entries and m.delivery == 0
         elif m.state == INFLIGHT:
             assert (m.due_ms, m.id, m.delivery) in leases and m.delivery > 0
         elif m.state == DELAYED:

@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
-from storage.answers import PublishedIds
+from storage.answers import PublishedIds, encode_default
 from storage.errors import BrokerError
 
 JSON = "application/json"
@@ -132,7 +132,7 @@ def wants_msgpack(request: web.Request) -> bool:
 def respond(request: web.Request, data: Any, status: int = 200,
             headers: dict[str, str] | None = None) -> web.Response:
     if wants_msgpack(request):
-        return web.Response(body=msgpack.packb(data, use_bin_type=True, default=_plain),
+        return web.Response(body=msgpack.packb(data, use_bin_type=True, default=encode_default),
                             status=status, content_type=MSGPACK, headers=headers)
     return web.Response(text=dump_json(data), status=status, content_type=JSON,
                         headers=headers)
@@ -155,14 +155,7 @@ def sse_event(event: str, data: Any) -> bytes:
 def _utf8_text(value: Any) -> str | list[dict[str, Any]]:
     if isinstance(value, bytes):
         return value.decode("utf-8")
-    return _plain(value)
-
-
-def _plain(value: Any) -> list[dict[str, Any]]:
-    """Encoders' hook for what results hold besides plain data: a publish's answer ids."""
-    if isinstance(value, PublishedIds):
-        return value.to_list()
-    raise TypeError(f"not serializable: {type(value).__name__}")
+    return encode_default(value)
 
 
 def jsonable(value: Any) -> Any:

@@ -66,3 +66,10 @@ class PublishedIds(Sequence[dict[str, Any]]):
     def __repr__(self) -> str:
         return repr(self.to_list())
 
+
+
+def encode_default(value: Any) -> list[dict[str, Any]]:
+    """The `default` hook of an encoder (msgpack, json) for results that hold PublishedIds."""
+    if isinstance(value, PublishedIds):
+        return value.to_list()
+    raise TypeError(f"not serializable: {type(value).__name__}")

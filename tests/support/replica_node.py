@@ -26,6 +26,7 @@ import msgpack
 from aiohttp import web
 
 from replication import ProposalError, Replica, ReplicaConfig
+from storage.answers import encode_default
 from storage.state import BrokerState
 
 RECORDED_OPS_SKIPPED = ("tick", "noop")
@@ -55,7 +56,7 @@ class RecordingState:
 
 
 def _pack(obj: Any) -> web.Response:
-    return web.Response(body=msgpack.packb(obj, use_bin_type=True),
+    return web.Response(body=msgpack.packb(obj, use_bin_type=True, default=encode_default),
                         content_type="application/msgpack")
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 import msgpack
+import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from node.codec import dump_json, jsonable, respond
-from storage.answers import PublishedIds
+from storage.answers import PublishedIds, encode_default
 from storage.producers import pack_result, unpack_result
 from tests.unit.test_queues import Broker
 
@@ -52,6 +53,8 @@ def test_the_node_encodes_it_as_the_plain_list_in_json_and_msgpack() -> None:
     request = make_mocked_request("POST", "/", headers={"Accept": "application/msgpack"})
     body = respond(request, result).body
     assert isinstance(body, bytes) and msgpack.unpackb(body) == want
+    with pytest.raises(TypeError):  # the hook knows answers only: other objects still fail
+        msgpack.packb({"x": object()}, default=encode_default)
 
 
 def test_a_producer_stores_the_compact_form_and_answers_a_retry_with_the_same_list() -> None:

@@ -142,7 +142,7 @@ def dump_json(data: Any) -> str:
     """JSON text of a result. Fast path: bytes that are UTF-8 become text in json.dumps itself;
     only when some body is not UTF-8 does the slower walk (base64 + marker) run."""
     try:
-        return json.dumps(data, separators=(",", ":"), default=_utf8_text)
+        return json.dumps(data, separators=(",", ":"), default=_json_default)
     except (UnicodeDecodeError, TypeError):
         return json.dumps(jsonable(data), separators=(",", ":"))
 
@@ -152,7 +152,7 @@ def sse_event(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {dump_json(data)}\n\n".encode()
 
 
-def _utf8_text(value: Any) -> str | list[dict[str, Any]]:
+def _json_default(value: Any) -> str | list[dict[str, Any]]:
     if isinstance(value, bytes):
         return value.decode("utf-8")
     return encode_default(value)

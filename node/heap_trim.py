@@ -11,9 +11,10 @@ small-object arenas are returned by CPython; this is for everything larger. Not 
 macOS): `trim()` does nothing.
 
 Writes leave free chunks too: request bodies and Raft entries of ~270 KB each come and go
-among the messages that stay. After filling 1,000,000 messages a node sat at 609-655 MiB in
-some runs, 562-587 MiB after one trim (docs/benchmarks.md, session 5); hence the trim on growth,
-checked every HEAP_TRIM_CHECK_S, which catches the end of a burst within about a second.
+among the messages that stay. After filling 1,000,000 messages some nodes sat at up to 655 MiB
+where others held 561; a trim by hand took two of them from 609 to 587 and 630 to 574 MiB
+(docs/benchmarks.md, session 5). Hence the trim on growth, checked every HEAP_TRIM_CHECK_S,
+which catches the end of a burst within about a second.
 """
 
 from __future__ import annotations

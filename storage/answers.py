@@ -67,7 +67,6 @@ class PublishedIds(Sequence[dict[str, Any]]):
         return repr(self.to_list())
 
 
-
 def encode_default(value: Any) -> list[dict[str, Any]]:
     """The `default` hook of an encoder (msgpack, json) for results that hold PublishedIds."""
     if isinstance(value, PublishedIds):

@@ -420,7 +420,8 @@ class Queue:
 
     def _push_ready(self, msg: Msg) -> None:
         msg.state = READY
-        self.ready[msg.priority].push(self.pos_of(msg.id), msg.id)
+        mid, moved = msg.id, self.moved_pos  # pos_of, inlined: once per published message
+        self.ready[msg.priority].push(moved.get(mid, mid) if moved else mid, mid)
         self.ready_n += 1
         self.ready_bytes += len(msg.body)
 

@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
-from storage.answers import PublishedIds, encode_default
+from storage.answers import LazyList, encode_default
 from storage.errors import BrokerError
 
 JSON = "application/json"
@@ -172,7 +172,7 @@ def jsonable(value: Any) -> Any:
             else:
                 out[key] = jsonable(item)
         return out
-    if isinstance(value, list | tuple | PublishedIds):
+    if isinstance(value, list | tuple | LazyList):
         return [jsonable(v) for v in value]
     if isinstance(value, bytes):
         try:

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from storage.answers import PublishedIds
+from storage.answers import Deliveries, Delivery, PublishedIds, message_view
 from storage.errors import BrokerError
 from storage.limits import DEFAULT_LIMITS, Limits
 
@@ -517,7 +517,7 @@ class Queue:
 
     # ----- consumers
     def receive(self, max_messages: int, visibility_ms: int, auto_ack: bool, now_ms: int,
-                first_delivery: int) -> list[dict[str, Any]]:
+                first_delivery: int) -> list[Delivery]:
         """Deliver up to max_messages; manual deliveries are numbered from first_delivery."""
         assert max_messages >= 1 and first_delivery >= 1
         self.last_activity_ms = now_ms
@@ -540,10 +540,10 @@ class Queue:
         self.delivered_total += 1
 
     def _receive_manual(self, max_messages: int, lease_ms: int,
-                        delivery: int) -> list[dict[str, Any]]:
+                        delivery: int) -> list[Delivery]:
         """The hot path: a manual delivery adds nothing to the ready levels (a group's next
         message waits for the ack), so one pass from priority 9 down is exact."""
-        out: list[dict[str, Any]] = []
+        out: list[Delivery] = []
         msgs, leases, moved = self.msgs, self.leases, self.moved_pos
         for priority in range(PRIORITY_LEVELS - 1, -1, -1):
             level = self.ready[priority]
@@ -562,28 +562,22 @@ class Queue:
                 msg.delivery = delivery
                 msg.due_ms = lease_ms
                 heapq.heappush(leases, (lease_ms, mid, delivery))
-                view = self.view(msg)
-                view["receipt"] = f"{mid}.{delivery}"
-                view["lease_expires_at"] = lease_ms
-                out.append(view)
+                out.append((msg, msg.headers, msg.receive_count, delivery, lease_ms))
                 delivery += 1
         return out
 
-    def _receive_auto(self, max_messages: int, now_ms: int) -> list[dict[str, Any]]:
+    def _receive_auto(self, max_messages: int, now_ms: int) -> list[Delivery]:
         """At-most-once: removed on delivery (a group's next message may become ready at once,
         possibly at a higher priority, so each pick starts again from the top)."""
-        out: list[dict[str, Any]] = []
+        out: list[Delivery] = []
         while len(out) < max_messages:
             msg = self._pop_ready()
             if msg is None:
                 break
             self._take(msg)
-            view = self.view(msg)
-            view["receipt"] = None
-            view["lease_expires_at"] = None
+            out.append((msg, msg.headers, msg.receive_count, None, None))
             self._remove(msg)
             self.acked_total += 1
-            out.append(view)
         return out
 
     def current(self, receipt: Any) -> Msg | None:
@@ -850,10 +844,7 @@ class Queue:
 
     @staticmethod
     def view(msg: Msg) -> dict[str, Any]:
-        return {"id": str(msg.id), "body": msg.body, "headers": msg.headers or {},
-                "priority": msg.priority, "group": msg.group,
-                "correlation_id": msg.correlation_id, "reply_to": msg.reply_to,
-                "published_at": msg.published_at, "receive_count": msg.receive_count}
+        return message_view(msg, msg.headers, msg.receive_count)
 
     def group_states(self, max_groups: int) -> list[dict[str, Any]]:
         """The first max_groups groups: which are busy (one in flight) or blocked (waiting)."""
@@ -1145,7 +1136,7 @@ class Queues:
         if not auto_ack:
             self.next_delivery += len(out)
         self.reschedule(q)
-        return {"messages": out}
+        return {"messages": Deliveries(out)}
 
     def ack(self, name: str, receipts: list[Any], now_ms: int) -> dict[str, Any]:
         q = self.get(name)

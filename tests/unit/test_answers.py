@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from node.codec import dump_json, jsonable, respond
-from storage.answers import PublishedIds, encode_default
+from storage.answers import Deliveries, PublishedIds, encode_default
 from storage.producers import pack_result, unpack_result
 from tests.unit.test_queues import Broker
 
@@ -67,3 +67,26 @@ def test_a_producer_stores_the_compact_form_and_answers_a_retry_with_the_same_li
     assert unpack_result(stored)["messages"] == [
         {"id": "7", "duplicate": False}, {"id": "5", "duplicate": True},
         {"id": "8", "duplicate": False}]
+
+
+def test_a_receive_answer_is_taken_at_apply_and_reads_like_the_views() -> None:
+    """Deliveries keep (message, headers, receive count, delivery, lease) from apply time: a
+    later nack and redelivery, or dead-lettering's new headers, do not change the answer."""
+    b = Broker()
+    b.create("q", max_receives=2, dead_letter_queue="dlq")
+    published(b, {"body": "a", "headers": {"k": "v"}}, {"body": "b"})
+    first = b.ok(op="queue.receive", queue="q", max_messages=1)["messages"]
+    assert isinstance(first, Deliveries)
+    view = first[0]
+    assert view["id"] == "1" and view["body"] == b"a" and view["headers"] == {"k": "v"}
+    assert view["receive_count"] == 1 and view["receipt"].startswith("1.")
+    b.ok(op="queue.nack", queue="q", receipts=[view["receipt"]])
+    second = b.ok(op="queue.receive", queue="q", max_messages=1)["messages"]
+    b.ok(op="queue.nack", queue="q", receipts=[second[0]["receipt"]])  # dead-lettered now
+    assert second[0]["receive_count"] == 2 and second[0]["receipt"] != view["receipt"]
+    assert first == [view] and first[0]["receive_count"] == 1  # as it was answered
+    assert first[0]["headers"] == {"k": "v"}  # not the dead letter's x-dead-letter headers
+    auto = b.ok(op="queue.receive", queue="q", max_messages=5, ack="auto")["messages"]
+    assert [(m["body"], m["receipt"], m["lease_expires_at"]) for m in auto] == [
+        (b"b", None, None)]
+    assert json.loads(dump_json({"messages": first}))["messages"][0]["body"] == "a"

@@ -476,6 +476,9 @@ async def receive_worker(run: Run, worker: int, wait_s: float) -> None:
     base = run.queue_url(worker)
     recv_body = codec.dumps({"max_messages": run.spec.batch, "wait_s": wait_s})
     while not consumers_finished(run):
+        # An empty answer ends the worker only if the producers had finished before it was
+        # asked for: they may publish everything while the receive waits for its answer.
+        drained = run.producers_done
         status, raw, latency_s = await timed(stats, run.client, "POST", base + "/receive",
                                              recv_body)
         if status != 200:
@@ -484,7 +487,7 @@ async def receive_worker(run: Run, worker: int, wait_s: float) -> None:
         stats.latencies_s.append(latency_s)
         msgs = codec.loads(raw)["messages"]
         if not msgs:
-            if run.producers_done:
+            if drained:
                 return
             continue
         note_received(stats, msgs)
@@ -519,6 +522,7 @@ async def receive_ack_next_worker(run: Run, worker: int, wait_s: float) -> None:
         body: dict[str, Any] = {"max_messages": run.spec.batch, "wait_s": wait_s}
         if held:
             body["ack_receipts"] = [m["receipt"] for m in held]
+        drained = run.producers_done  # as in receive_worker
         status, raw, latency_s = await timed(stats, run.client, "POST", base + "/receive",
                                              codec.dumps(body))
         if status != 200:
@@ -530,7 +534,7 @@ async def receive_ack_next_worker(run: Run, worker: int, wait_s: float) -> None:
             stats.latencies_s.append(latency_s)
         held = codec.loads(raw)["messages"]
         note_received(stats, held)
-        if not held and run.producers_done:
+        if not held and drained:
             return
     if held:
         await ack_alone(run, stats, base, held)

@@ -12,6 +12,7 @@ the proxy to R, and R knows W by the address W announces.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 from pathlib import Path
@@ -48,11 +49,17 @@ class WireProxy:
 
     @staticmethod
     def _listen_below(addr: str) -> socket.socket:
-        for _ in range(200):
-            sock = socket.create_server(("127.0.0.1", 0))
-            if f"127.0.0.1:{sock.getsockname()[1]}" < addr:
-                return sock
-            sock.close()
+        # The nodes listen on 20000-31999 (tests/support/cluster.py): ports 10000-19999 sort
+        # below every one of them, each pytest worker trying its own thousand first.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+        first = 10_000 + (int(worker) % 10 if worker.isdigit() else 0) * 1_000
+        for port in [*range(first, 20_000), *range(10_000, first)]:
+            if f"127.0.0.1:{port}" >= addr:
+                continue
+            try:
+                return socket.create_server(("127.0.0.1", port))
+            except OSError:
+                continue
         raise AssertionError(f"no free port whose address sorts below {addr}")
 
     def _accept(self) -> None:

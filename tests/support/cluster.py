@@ -26,14 +26,39 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_SECRET = "integration-test-secret-0123456789"
 
 
+# Test nodes listen below the kernel's ephemeral range (32768-60999 by default), each pytest
+# worker in a band of its own. A port the OS hands out (bind to port 0) is an ephemeral port:
+# while a test's node was down for a restart, an outgoing connection of another test took
+# its port, the node could not bind it again, and that test's client reached another test's
+# cluster (test_1000_publishes_across_a_whole_cluster_restart, session 5).
+PORTS_FIRST, PORTS_BAND = 20_000, 1_500  # bands of 1,500 ports for up to 8 workers
+_port_cursor = 0
+
+
+def _band_start() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    return PORTS_FIRST + (int(worker) % 8 if worker.isdigit() else 0) * PORTS_BAND
+
+
 def free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    socks = []
+    """Distinct free TCP ports on 127.0.0.1, from this worker's band (held open together so
+    they differ; the band is walked round, so a port comes back only after 1,500 others)."""
+    global _port_cursor
+    socks: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for _ in range(PORTS_BAND):
+            if len(socks) == count:
+                break
+            port = _band_start() + _port_cursor % PORTS_BAND
+            _port_cursor += 1
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
+        assert len(socks) == count, f"no {count} free ports in this worker's band"
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:

@@ -1211,7 +1211,10 @@ class Queues:
         for qd in d["queues"]:
             q = Queue.decode(qd)
             qs.queues[q.name] = q
-        qs.next_msg_id = d["next_msg_id"]
+        # Older snapshots: a message moved in took its queue's next position, not a number
+        # from the id counter, so a queue's next position may be above the next id. Ids go
+        # on from above it, as fresh_pos needs (a position no id takes, above the queue's).
+        qs.next_msg_id = max([d["next_msg_id"], *(q.next_pos for q in qs.queues.values())])
         qs.next_delivery = d["next_delivery"]
         qs.timers = [(e[0], e[1]) for e in d["timers"]]
         return qs

@@ -251,6 +251,26 @@ def test_a_message_moved_in_keeps_its_place_behind_newer_ones_across_a_snapshot(
     assert not b.state.queues.queues["dlq"].moved_pos  # gone with the message
 
 
+def test_a_queue_from_an_older_snapshot_whose_positions_ran_ahead_of_the_ids_takes_more(
+        b: Broker) -> None:
+    """Before positions came from the id counter, each message moved in advanced its queue's
+    next position by one while the ids stayed put, so a snapshot can hold a queue whose next
+    position is above the next id. Restored, it takes new messages and moved-in ones, in
+    order, instead of failing the publish."""
+    b.create("q", max_receives=1, dead_letter_queue="dlq")
+    b.create("dlq")
+    b.publish("dlq", "first")
+    dlq = b.state.queues.queues["dlq"]
+    dlq.next_pos = b.state.queues.next_msg_id + 5  # as three moves in a row left it before
+    b.state = BrokerState.decode_snapshot(b.state.encode_snapshot())
+    b.publish("dlq", "published")
+    b.publish("q", "dead")
+    m = b.receive("q")[0]
+    b.ok(op="queue.nack", queue="q", receipts=[m["receipt"]])  # moves in behind "published"
+    b.publish("dlq", "last")
+    assert b.bodies("dlq", 10) == [b"first", b"published", b"dead", b"last"]
+
+
 def test_redrive_moves_ready_messages_up_to_max(b: Broker) -> None:
     b.create("q", max_receives=1, visibility_timeout_s=1, dead_letter_queue="dlq")
     b.publish("q", "a", "b", "c")

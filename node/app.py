@@ -55,6 +55,7 @@ class NodeContext:
     rss_checked_s: float = 0.0
     read_barrier: ReadBarrier | None = None
     connections: Callable[[], tuple[int, int]] | None = None  # (open, refused) for /metrics
+    gzip_answer_bytes_min: int = 0  # node limit (node/config.py); 0: answers never gzip'd
 
     def check_memory(self) -> None:
         """Refuse new messages past memory_high_watermark_bytes; consumers keep working, and
@@ -169,7 +170,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 REQUEST_ID_CHARS_MAX = 128
 REQUEST_ID_PREFIX = uuid.uuid4().hex[:8]
 REQUEST_IDS = itertools.count(1)
-GZIP_BODY_BYTES_MIN = 64 * 1024  # below this, compressing costs the node more CPU than it saves
 
 
 @web.middleware
@@ -203,7 +203,8 @@ async def header_middleware(request: web.Request, handler: Handler) -> web.Strea
         if leader:
             response.headers["X-Raftmq-Leader"] = leader
         body = getattr(response, "body", None)
-        if (isinstance(body, bytes) and len(body) >= GZIP_BODY_BYTES_MIN
+        gzip_min = context.gzip_answer_bytes_min
+        if (gzip_min and isinstance(body, bytes) and len(body) >= gzip_min
                 and "gzip" in request.headers.get("Accept-Encoding", "")):
             response.enable_compression(web.ContentCoding.gzip)
     if response.status >= 500 and request.path != "/readyz":

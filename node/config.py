@@ -28,10 +28,17 @@ CONNECTIONS_MAX_DEFAULT = 1024  # open HTTP connections per node; past it: close
 # seconds an idle keep-alive connection is kept; then closed, so idle sockets cannot hold
 # connections_max for long (aiohttp's own default is about an hour)
 IDLE_CONNECTION_TIMEOUT_S_DEFAULT = 75
+# Answers of at least this many bytes are gzip'd for clients that accept gzip; 0 (default):
+# never. Most HTTP clients ask for gzip unprompted, and on a LAN deflating a receive answer
+# costs the broker more than it saves (receive b1000 with gzip: 34 vs 25 us/msg of node CPU,
+# docs/benchmarks.md session 4). Set it (e.g. 65536) for clients on slow links.
+GZIP_ANSWER_BYTES_MIN_DEFAULT = 0
 NODE_LIMIT_DEFAULTS: dict[str, int] = {
     "connections_max": CONNECTIONS_MAX_DEFAULT,
     "idle_connection_timeout_s": IDLE_CONNECTION_TIMEOUT_S_DEFAULT,
+    "gzip_answer_bytes_min": GZIP_ANSWER_BYTES_MIN_DEFAULT,
 }
+NODE_LIMITS_ZERO_OFF = frozenset({"gzip_answer_bytes_min"})  # 0 switches the feature off
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 ADDR_RE = re.compile(r"^(?P<host>[A-Za-z0-9_.:\[\]-]+):(?P<port>\d{1,5})$")
 
@@ -69,7 +76,8 @@ class ClusterConfig:
     def node_limit(self, name: str) -> int:
         """A node-level [limits] value (NODE_LIMIT_DEFAULTS), validated by limits_from."""
         value = self.limits.get(name, NODE_LIMIT_DEFAULTS[name])
-        assert isinstance(value, int) and value > 0, f"[limits] {name} was not validated"
+        floor = 0 if name in NODE_LIMITS_ZERO_OFF else 1
+        assert isinstance(value, int) and value >= floor, f"[limits] {name} was not validated"
         return value
 
     def node(self, node_id: str) -> NodeSpec:

@@ -28,7 +28,7 @@ from node import (
     ui,
 )
 from node.app import CTX, NodeContext, error_middleware, header_middleware, limits_middleware
-from node.config import NODE_LIMIT_DEFAULTS, ClusterConfig, split_addr
+from node.config import NODE_LIMIT_DEFAULTS, NODE_LIMITS_ZERO_OFF, ClusterConfig, split_addr
 from node.waiters import ApplyNotifier
 from replication import Replica, ReplicaConfig
 from storage.errors import KINDS
@@ -94,7 +94,9 @@ def limits_from(cluster: ClusterConfig) -> Limits:
         if not number or (isinstance(default, int) and not isinstance(value, int)):
             raise SystemExit(f"[limits] {key} must be {type(default).__name__} "
                              f"(like its default {default}), got {value!r}")
-        if value <= 0:
+        if key in NODE_LIMITS_ZERO_OFF and value < 0:
+            raise SystemExit(f"[limits] {key} must be 0 (off) or more, got {value!r}")
+        if value <= 0 and key not in NODE_LIMITS_ZERO_OFF:
             raise SystemExit(f"[limits] {key} must be greater than 0, got {value!r}")
     return Limits(**{k: v for k, v in cluster.limits.items() if k in fields})
 
@@ -220,7 +222,8 @@ async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path,
     notifier = ApplyNotifier(limits.long_polls_max)
     replica.add_apply_listener(notifier.fire)
     context = NodeContext(cluster=cluster, node=spec, replica=replica, limits=limits,
-                          notifier=notifier, data_dir=data_dir)
+                          notifier=notifier, data_dir=data_dir,
+                          gzip_answer_bytes_min=cluster.node_limit("gzip_answer_bytes_min"))
     runner = NodeRunner(build_app(context, auth_config), access_log=None,
                         shutdown_timeout=SHUTDOWN_GRACE_S,
                         connections_max=cluster.node_limit("connections_max"), node_id=spec.id,

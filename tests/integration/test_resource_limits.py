@@ -3,11 +3,13 @@ connections per node, and what aiohttp's HTTP parser refuses (answered in API.md
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
 import time
 import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +22,7 @@ memory_high_watermark_bytes = 1
 long_polls_max = 1
 request_read_timeout_s = 1.0
 connections_max = 8
+gzip_answer_bytes_min = 1024
 """
 CONNECTIONS_MAX = 8
 
@@ -182,3 +185,20 @@ def test_parser_refusal_never_echoes_header_bytes(tight: Cluster) -> None:
             f"X-Big: {'b' * 9000}\r\n\r\n").encode()
     status, _, body = raw_exchange(tight.nodes[2].http_port, data)
     assert b" 400 " in status and secret.encode() not in body
+
+
+def get_accepting_gzip(url: str) -> tuple[str | None, bytes]:
+    """(Content-Encoding, raw body) of a GET that accepts gzip, as most HTTP clients send."""
+    req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.headers.get("Content-Encoding"), resp.read()
+
+
+def test_answers_from_gzip_answer_bytes_min_up_are_gzipped_for_clients_that_accept_it(
+        tight: Cluster) -> None:
+    coding, raw = get_accepting_gzip(f"{tight.nodes[0].url}/v1/openapi.json")
+    assert coding == "gzip"
+    assert len(json.loads(gzip.decompress(raw))["paths"]) > 10
+    coding, raw = get_accepting_gzip(f"{tight.nodes[0].url}/healthz")  # below 1024 bytes
+    assert coding is None and len(raw) < 1024
+

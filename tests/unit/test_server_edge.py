@@ -124,3 +124,14 @@ def test_idle_connection_timeout_is_a_checked_limit() -> None:
         with pytest.raises(SystemExit, match="idle_connection_timeout_s"):
             limits_from(ClusterConfig(name="t", nodes=NODES,
                                       limits={"idle_connection_timeout_s": bad}))
+
+
+def test_gzip_answer_bytes_min_is_a_checked_limit_that_0_switches_off() -> None:
+    assert ClusterConfig(name="t", nodes=NODES).node_limit("gzip_answer_bytes_min") == 0
+    config = ClusterConfig(name="t", nodes=NODES, limits={"gzip_answer_bytes_min": 65536})
+    limits_from(config)
+    assert config.node_limit("gzip_answer_bytes_min") == 65536
+    for bad in (-1, 1.5, "big"):
+        with pytest.raises(SystemExit, match="gzip_answer_bytes_min"):
+            limits_from(ClusterConfig(name="t", nodes=NODES,
+                                      limits={"gzip_answer_bytes_min": bad}))

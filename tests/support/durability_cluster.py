@@ -64,6 +64,27 @@ class DNode:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def describe(self) -> str:
+        """For a failed wait: is it running, stopped or gone, how old its stats are, and (if it
+        runs) every thread's stack, which the node dumps to its stderr on SIGUSR1."""
+        if self.proc is None:
+            return f"{self.node_id}: not started"
+        code = self.proc.poll()
+        try:
+            age = f"{time.time() - self.stats_file.stat().st_mtime:.1f}s"
+        except OSError:
+            age = "none"
+        if code is not None:
+            return f"{self.node_id}: exited {code}, stats age {age}"
+        try:
+            state = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            state = "?"
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        time.sleep(1.0)
+        tail = "\n".join(self.stderr_file.read_text(errors="replace").splitlines()[-80:])
+        return f"{self.node_id}: pid {self.proc.pid} state {state}, stats age {age}\n{tail}"
+
 
 class DCluster:
     def __init__(

@@ -19,8 +19,10 @@ Every mode writes journal/transport counters to --stats twice a second.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -211,6 +213,7 @@ def run_verify(node: DurabilityNode, box: StateBox, ns: argparse.Namespace) -> N
 
 def main(argv: list[str]) -> None:
     ns = parse_args(argv)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # DNode.describe: where it hangs
     node, box = build(ns)
     if ns.stats:
         threading.Thread(target=stats_loop, args=(node, ns.stats), daemon=True).start()

@@ -96,7 +96,7 @@ def limits_from(cluster: ClusterConfig) -> Limits:
                              f"(like its default {default}), got {value!r}")
         if key in NODE_LIMITS_ZERO_OFF and value < 0:
             raise SystemExit(f"[limits] {key} must be 0 (off) or more, got {value!r}")
-        if value <= 0 and key not in NODE_LIMITS_ZERO_OFF:
+        if key not in NODE_LIMITS_ZERO_OFF and value <= 0:
             raise SystemExit(f"[limits] {key} must be greater than 0, got {value!r}")
     return Limits(**{k: v for k, v in cluster.limits.items() if k in fields})
 

@@ -201,4 +201,3 @@ def test_answers_from_gzip_answer_bytes_min_up_are_gzipped_for_clients_that_acce
     assert len(json.loads(gzip.decompress(raw))["paths"]) > 10
     coding, raw = get_accepting_gzip(f"{tight.nodes[0].url}/healthz")  # below 1024 bytes
     assert coding is None and len(raw) < 1024
-

@@ -39,6 +39,12 @@ NODE_LIMIT_DEFAULTS: dict[str, int] = {
     "gzip_answer_bytes_min": GZIP_ANSWER_BYTES_MIN_DEFAULT,
 }
 NODE_LIMITS_ZERO_OFF = frozenset({"gzip_answer_bytes_min"})  # 0 switches the feature off
+
+
+def limit_floor(name: str) -> int:
+    """The least value a [limits] key takes: 1, or 0 where 0 switches a feature off."""
+    return 0 if name in NODE_LIMITS_ZERO_OFF else 1
+
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 ADDR_RE = re.compile(r"^(?P<host>[A-Za-z0-9_.:\[\]-]+):(?P<port>\d{1,5})$")
 
@@ -76,8 +82,8 @@ class ClusterConfig:
     def node_limit(self, name: str) -> int:
         """A node-level [limits] value (NODE_LIMIT_DEFAULTS), validated by limits_from."""
         value = self.limits.get(name, NODE_LIMIT_DEFAULTS[name])
-        floor = 0 if name in NODE_LIMITS_ZERO_OFF else 1
-        assert isinstance(value, int) and value >= floor, f"[limits] {name} was not validated"
+        assert isinstance(value, int) and value >= limit_floor(name), \
+            f"[limits] {name} was not validated"
         return value
 
     def node(self, node_id: str) -> NodeSpec:

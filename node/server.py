@@ -28,7 +28,7 @@ from node import (
     ui,
 )
 from node.app import CTX, NodeContext, error_middleware, header_middleware, limits_middleware
-from node.config import NODE_LIMIT_DEFAULTS, NODE_LIMITS_ZERO_OFF, ClusterConfig, split_addr
+from node.config import NODE_LIMIT_DEFAULTS, ClusterConfig, limit_floor, split_addr
 from node.waiters import ApplyNotifier
 from replication import Replica, ReplicaConfig
 from storage.errors import KINDS
@@ -94,10 +94,9 @@ def limits_from(cluster: ClusterConfig) -> Limits:
         if not number or (isinstance(default, int) and not isinstance(value, int)):
             raise SystemExit(f"[limits] {key} must be {type(default).__name__} "
                              f"(like its default {default}), got {value!r}")
-        if key in NODE_LIMITS_ZERO_OFF and value < 0:
-            raise SystemExit(f"[limits] {key} must be 0 (off) or more, got {value!r}")
-        if key not in NODE_LIMITS_ZERO_OFF and value <= 0:
-            raise SystemExit(f"[limits] {key} must be greater than 0, got {value!r}")
+        if value < limit_floor(key):
+            least = "0 (off) or more" if limit_floor(key) == 0 else "greater than 0"
+            raise SystemExit(f"[limits] {key} must be {least}, got {value!r}")
     return Limits(**{k: v for k, v in cluster.limits.items() if k in fields})
 
 

@@ -12,14 +12,13 @@ the proxy to R, and R knows W by the address W announces.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import threading
 from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import wait_until
+from tests.support.cluster import wait_until, worker_index
 from tests.support.durability_cluster import DCluster, DNode, wait_acks
 from tests.support.raft_wire import LENGTH, closed_by_peer
 
@@ -51,8 +50,7 @@ class WireProxy:
     def _listen_below(addr: str) -> socket.socket:
         # The nodes listen on 20000-31999 (tests/support/cluster.py): ports 10000-19999 sort
         # below every one of them, each pytest worker trying its own thousand first.
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-        first = 10_000 + (int(worker) % 10 if worker.isdigit() else 0) * 1_000
+        first = 10_000 + worker_index() % 10 * 1_000
         for port in [*range(first, 20_000), *range(10_000, first)]:
             if f"127.0.0.1:{port}" >= addr:
                 continue

@@ -35,9 +35,14 @@ PORTS_FIRST, PORTS_BAND = 20_000, 1_500  # bands of 1,500 ports for up to 8 work
 _port_cursor = 0
 
 
-def _band_start() -> int:
+def worker_index() -> int:
+    """This pytest-xdist worker's number (gw3 -> 3), 0 when not under xdist."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    return PORTS_FIRST + (int(worker) % 8 if worker.isdigit() else 0) * PORTS_BAND
+    return int(worker) if worker.isdigit() else 0
+
+
+def _band_start() -> int:
+    return PORTS_FIRST + worker_index() % 8 * PORTS_BAND
 
 
 def free_ports(count: int) -> list[int]:

@@ -67,15 +67,19 @@ class Membership:
         return result
 
     def members(self) -> list[Member]:
-        """The cluster file's members, overlaid by the replicated table; then any Raft member
-        that neither names (shown with its address as id)."""
-        table = self.table()["members"]
+        """The cluster file's members, overlaid by the replicated table; a Raft member that is
+        being added is named by the pending change (a follower appends the Raft configuration
+        before it applies `cluster.member_commit`); any other is shown with its address as id."""
+        tables = self.table()
         view = {m.id: m for m in self.static}
-        for node_id, row in table.items():
+        for node_id, row in tables["members"].items():
             if row["status"] == "member":
                 view[node_id] = Member(node_id, row["raft"], row["http"])
             else:
                 view.pop(node_id, None)
+        change = tables["change"]
+        if change is not None and change["change"] == "add":
+            view.setdefault(change["id"], Member(change["id"], change["raft"], change["http"]))
         raft = self.replica.raft_members()
         by_addr = {m.raft: m for m in view.values()}
         out = [by_addr[a] if a in by_addr else Member(a, a, None) for a in raft]

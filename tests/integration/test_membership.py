@@ -307,7 +307,10 @@ def test_concurrent_changes_one_wins_the_other_is_told_to_retry(cluster: Cluster
     assert loser.body["error"]["code"] == "membership_change_in_progress"
     assert loser.body["error"]["retryable"] is True
     winner = next(k for k, a in answers.items() if a.status == 201)
-    assert sorted(members(cluster.nodes[1])) == sorted(["n1", "n2", "n3", winner])
+    want = sorted(["n1", "n2", "n3", winner])
+    assert sorted(members(cluster.nodes[0])) == want, "the node that answered 201 lists it"
+    wait_until(lambda: sorted(members(cluster.nodes[1])) == want, 15,
+               what=f"{cluster.nodes[1].id} lists {want}")
 
 
 def test_cli_reports_an_unreachable_node_clearly() -> None:

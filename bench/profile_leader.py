@@ -139,6 +139,8 @@ def main() -> int:
     ap.add_argument("--role", choices=("leader", "follower"), default="leader",
                     help="profile the leader (default) or a follower")
     ap.add_argument("--idle", action="store_true", help="py-spy --idle: include waiting")
+    ap.add_argument("--gil", action="store_true",
+                    help="py-spy --gil: only samples holding the GIL (where the CPU goes)")
     ap.add_argument("--spy-delay", type=float, default=1.0,
                     help="seconds between starting the bench and starting py-spy")
     ap.add_argument("bench", nargs="*", default=["publish", "-b", "100", "-c", "16"])
@@ -174,7 +176,8 @@ def main() -> int:
         spy = subprocess.Popen([str(Path(py).parent / "py-spy"), "record", "-p", str(leader),
                                 "-d", str(int(a.duration)), "-r", str(a.rate), "--threads",
                                 "--nonblocking", "-f", "raw", "-o", str(folded),
-                                *(["--idle"] if a.idle else [])],
+                                *(["--idle"] if a.idle else []),
+                                *(["--gil"] if a.gil else [])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         out, err = bench.communicate()
         result = subprocess.CompletedProcess(cmd, bench.returncode, out, err)

@@ -70,14 +70,14 @@ class Membership:
         """The cluster file's members, overlaid by the replicated table; a Raft member that is
         being added is named by the pending change (a follower appends the Raft configuration
         before it applies `cluster.member_commit`); any other is shown with its address as id."""
-        tables = self.table()
+        table = self.table()
         view = {m.id: m for m in self.static}
-        for node_id, row in tables["members"].items():
+        for node_id, row in table["members"].items():
             if row["status"] == "member":
                 view[node_id] = Member(node_id, row["raft"], row["http"])
             else:
                 view.pop(node_id, None)
-        change = tables["change"]
+        change = table["change"]
         if change is not None and change["change"] == "add":
             view.setdefault(change["id"], Member(change["id"], change["raft"], change["http"]))
         raft = self.replica.raft_members()

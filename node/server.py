@@ -94,8 +94,9 @@ def limits_from(cluster: ClusterConfig) -> Limits:
         if not number or (isinstance(default, int) and not isinstance(value, int)):
             raise SystemExit(f"[limits] {key} must be {type(default).__name__} "
                              f"(like its default {default}), got {value!r}")
-        if value < limit_floor(key):
-            least = "0 (off) or more" if limit_floor(key) == 0 else "greater than 0"
+        floor = limit_floor(key)
+        if value < floor:
+            least = "0 (off) or more" if floor == 0 else "greater than 0"
             raise SystemExit(f"[limits] {key} must be {least}, got {value!r}")
     return Limits(**{k: v for k, v in cluster.limits.items() if k in fields})
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import wait_until
-from tests.support.durability_cluster import DCluster, DNode, wait_acks
+from tests.support.durability_cluster import DCluster, DNode, wait_acks, wait_or_describe
 
 pytestmark = pytest.mark.integration
 
@@ -60,13 +60,10 @@ def test_restarted_ex_leader_with_conflicting_tail_catches_up(tmp_path: Path) ->
         cluster = DCluster(tmp_path / f"attempt-{attempt}", 3)
         try:
             old, leader = catch_up(cluster)
-            try:
-                wait_until(lambda old=old, leader=leader: (old.stats() or {}).get("applied", 0)
-                           >= leader.stats()["commit"] - 50,  # type: ignore[index]
-                           timeout_s=90, what="the restarted ex-leader to catch up")
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}\nex-leader {old.describe()}\nleader "
-                                     f"{leader.describe()}") from None
+            wait_or_describe(lambda old=old, leader=leader: (old.stats() or {}).get("applied", 0)
+                             >= leader.stats()["commit"] - 50,  # type: ignore[index]
+                             [old, leader], timeout_s=90,
+                             what="the restarted ex-leader to catch up")
             stats = old.stats()
             assert stats is not None
             # replaced by a truncation, or by a snapshot install that rewrote the journal

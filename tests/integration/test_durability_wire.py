@@ -26,7 +26,7 @@ import pytest
 
 from replication.patches import FrameCodec
 from tests.support.cluster import wait_until
-from tests.support.durability_cluster import DCluster, wait_acks
+from tests.support.durability_cluster import DCluster, wait_acks, wait_or_describe
 from tests.support.raft_wire import closed_by_peer, handshake, recv_frame, send_frame
 
 pytestmark = pytest.mark.integration
@@ -88,15 +88,10 @@ def test_entries_across_every_chunk_boundary_replicate(tmp_path: Path) -> None:
         # count is not fixed; the fix path must still be well exercised. The checks after it
         # (no truncated pickle, every acked entry on every node) are what prove the fix.
         # Nodes write their counters twice a second: poll until they show them.
-        def relabelled() -> int:
-            return sum((n.stats() or {}).get("chunks_relabelled", 0) for n in cluster.nodes)
-
-        try:
-            wait_until(lambda: relabelled() >= bad_count // 2, timeout_s=10,
-                       what=f"at least {bad_count // 2} chunks relabelled")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}: {relabelled()} relabelled; " + "\n".join(
-                f"{n.describe()}\nstats {n.stats()}" for n in cluster.nodes)) from None
+        wait_or_describe(lambda: sum((n.stats() or {}).get("chunks_relabelled", 0)
+                                     for n in cluster.nodes) >= bad_count // 2,
+                         cluster.nodes, timeout_s=10,
+                         what=f"at least {bad_count // 2} chunks relabelled")
         assert "pickle data was truncated" not in tick_failures(cluster)
         acked = set(cluster.nodes[0].acks())
         cluster.kill_all()

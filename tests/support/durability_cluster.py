@@ -12,11 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.support.cluster import free_ports, wait_until
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -150,6 +153,17 @@ class DCluster:
         result = {n.node_id: set(json.loads(n.out_file.read_text())["ids"]) for n in self.nodes}
         self.kill_all()
         return result
+
+
+def wait_or_describe(fn: Callable[[], T | None], nodes: list[DNode], timeout_s: float,
+                     what: str) -> T:
+    """wait_until; on a timeout the failure also says where each node was (describe) and
+    what its counters were, since a stuck node leaves nothing else behind."""
+    try:
+        return wait_until(fn, timeout_s=timeout_s, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n" + "\n".join(
+            f"{n.describe()}\nstats {n.stats()}" for n in nodes)) from None
 
 
 def wait_acks(nodes: list[DNode], count: int, timeout_s: float = 60) -> None:

@@ -69,14 +69,24 @@ class NodeContext:
                               f"memory_high_watermark_bytes ({limit} B): publishes are refused "
                               "until consumers drain queues")
 
-    async def propose(self, cmd: dict[str, Any], *, timeout_s: float | None = None) -> Any:
+    async def propose(self, cmd: dict[str, Any], *, timeout_s: float | None = None,
+                      memory: bool = False) -> Any:
         """Propose through Raft; an error result raises BrokerError, a failure ProposalError."""
-        result = await self.replica.propose(cmd, timeout_s=timeout_s or self.propose_timeout_s)
+        result = await self.replica.propose(cmd, timeout_s=timeout_s or self.propose_timeout_s,
+                                            memory=memory)
         if is_error(result):
             err = result["error"]
             details = {k: v for k, v in err.items() if k not in ("code", "message")}
             raise BrokerError(err["code"], err["message"], **details)
         return result
+
+    async def publish(self, cmd: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
+        """Propose a publish with the durability of its queue or topic (`kind`, `name`) as this
+        node knows it; the answer says which applied (docs/durability.md): "fsync" = on disk on
+        a majority, "memory" = written to the OS on a majority, fdatasync'd right after."""
+        durability = self.replica.read(lambda state: state.durability(kind, name))
+        result = await self.propose(cmd, memory=durability == "memory")
+        return {**result, "durability": durability}
 
     def read(self, fn: Callable[[BrokerState, int], T]) -> T:
         """Read this node's applied state (local consistency) with the node's clock."""
@@ -126,10 +136,6 @@ def error_response(request: web.Request, code: str, message: str,
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-# What a publish answer says was applied (issue 7: "the answer says which applied"). Every write
-# is fdatasync'd on a majority before its answer, whatever the queue's or topic's `durability`
-# asks: `memory` is accepted but not yet faster (README, Guarantees).
-APPLIED_DURABILITY = "fsync"
 
 
 @web.middleware

@@ -280,6 +280,13 @@ DURABILITY_METRICS = (
     ("raftmq_journal_fsync_seconds_total", "sync_s_total",
      "Time in journal write + fdatasync (divide by fsyncs for the mean)"),
     ("raftmq_journal_fsync_seconds_max", "sync_s_max", "Slowest journal write + fdatasync"),
+    ("raftmq_journal_background_fsyncs_total", "background_syncs",
+     "fdatasync calls of the journal's syncer thread (durability memory: nobody waits)"),
+    ("raftmq_raft_acks_before_fsync_total", "acks_before_sync",
+     "Follower acks sent before fdatasync (every unsynced entry was durability memory)"),
+    ("raftmq_node_resyncs_total", "resyncs",
+     "Times this node found committed entries the cluster had lost, set its state aside and "
+     "caught up from the leader (docs/durability.md)"),
     ("raftmq_journal_bytes_written_total", "bytes_written", "Bytes appended to the journal"),
     ("raftmq_journal_payload_bytes", "payload_bytes", "Bytes of entries held in the journal"),
     ("raftmq_journal_payload_bytes_in_memory", "payload_bytes_in_memory",

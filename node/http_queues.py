@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from node import auth
-from node.app import APPLIED_DURABILITY, NodeContext, ctx, set_stream_headers
+from node.app import NodeContext, ctx, set_stream_headers
 from node.codec import decode_bodies, query_int, read_body, respond, sse_event
 from storage import validate
 from storage.errors import BrokerError
@@ -52,8 +52,7 @@ async def publish(request: web.Request) -> web.Response:
     body = await read_body(request)
     cmd = publish_command(context, body)
     cmd.update(op="queue.publish", queue=name)
-    result = await context.propose(cmd)
-    return respond(request, {**result, "durability": APPLIED_DURABILITY}, status=201)
+    return respond(request, await context.publish(cmd, "queue", name), status=201)
 
 
 def publish_command(context: NodeContext, body: dict[str, Any]) -> dict[str, Any]:

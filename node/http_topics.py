@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from node import auth
-from node.app import APPLIED_DURABILITY, NodeContext, ctx, set_stream_headers
+from node.app import NodeContext, ctx, set_stream_headers
 from node.codec import decode_bodies, query_float, query_int, read_body, respond, sse_event
 from node.http_queues import publish_command, queue_name, raise_if_error
 from storage import bindings as binding_rules
@@ -62,8 +62,7 @@ async def publish_topic(request: web.Request) -> web.Response:
     cmd: dict[str, Any] = {"op": "topic.publish", "topic": name, "messages": messages}
     if body.get("producer") is not None:
         cmd["producer"] = validate.producer_ref(body["producer"])
-    result = await context.propose(cmd)
-    return respond(request, {**result, "durability": APPLIED_DURABILITY}, status=201)
+    return respond(request, await context.publish(cmd, "topic", name), status=201)
 
 
 async def read_partition(request: web.Request) -> web.Response:

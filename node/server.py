@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import ssl
+import sys
 import weakref
 from pathlib import Path
 from typing import Any
@@ -206,6 +208,14 @@ class NodeRunner(web.AppRunner):
                           **base._kwargs)
 
 
+def restart_for_resync() -> None:
+    """Replica `on_resync` (Raft thread): the data dir is marked, so run this node again, same
+    command line and pid; start-up sets the diverged state aside (docs/durability.md)."""
+    log.critical("event=node_resync_restart node process re-executes itself")
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path,
                 auth_config: auth.AuthConfig | None = None) -> None:
     spec = cluster.node(node_id)
@@ -216,7 +226,7 @@ async def serve(cluster: ClusterConfig, node_id: str, data_dir: Path,
         ReplicaConfig(node_id=spec.id, raft_addr=spec.raft,
                       peers={n.id: n.raft for n in cluster.nodes if n.id != spec.id},
                       data_dir=data_dir, secret=cluster.raft_secret,
-                      raft_conf=dict(cluster.raft)),
+                      raft_conf=dict(cluster.raft), on_resync=restart_for_resync),
         state_factory=lambda: BrokerState(limits),
         state_decoder=lambda data: BrokerState.decode_snapshot(data, limits))
     notifier = ApplyNotifier(limits.long_polls_max)

@@ -13,12 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 from replication import patches
-from replication.journal import JournalError, read_journal_entries
+from replication.journal import (
+    META_SUFFIX,
+    JournalError,
+    MetaFile,
+    fsync_dir,
+    read_journal_entries,
+    write_file_atomic,
+)
 from replication.snapshots import (
     FAILED,
     NOT_SERIALIZING,
@@ -39,6 +49,7 @@ __all__ = [
     "check_data_dir",
     "durability_stats",
     "install_patches",
+    "mark_for_resync",
     "refuse_optimized_python",
     "snapshotter_for",
 ]
@@ -47,6 +58,11 @@ log = logging.getLogger(__name__)
 
 JOURNAL_FILE_NAME = "raft.journal"
 SNAPSHOT_FILE_NAME = "raft.snapshot"
+# A node whose state diverged (the cluster lost entries it had applied: durability `memory`
+# after a power loss of a majority) writes this marker and starts again; at start-up its
+# journal, snapshot and meta are moved to `resync-<n>/` and it catches up from the leader.
+RESYNC_MARKER_NAME = "resync.json"
+RESYNC_DIR_PREFIX = "resync-"
 
 # SyncObjConf defaults we set (research/pysyncobj-wire.md D, pysyncobj.md §2.2); all overridable.
 APPEND_ENTRIES_PERIOD_S = 0.1
@@ -91,10 +107,47 @@ def install_patches(*, secret: bytes | None) -> None:
     ), "pysyncobj SERIALIZER_STATE values changed"
 
 
+def mark_for_resync(data_dir: Path, *, idx: int, commit: int) -> None:
+    """Durably ask the next start of this node to set its Raft state aside (module constants)."""
+    record = {"reason": "committed entry contradicted by the leader", "index": idx,
+              "commit_index": commit, "at_unix_s": round(time.time(), 3)}
+    write_file_atomic(data_dir / RESYNC_MARKER_NAME, json.dumps(record).encode())
+    log.critical("node marked for re-sync: %s", record)
+
+
+def resync_count(data_dir: Path) -> int:
+    return sum(1 for _ in data_dir.glob(f"{RESYNC_DIR_PREFIX}*"))
+
+
+def _resync_if_marked(data_dir: Path) -> None:
+    """Move journal, snapshot and meta aside; keep only term and vote (a node must never vote
+    twice in one term). Every step can be redone: the marker goes last."""
+    marker = data_dir / RESYNC_MARKER_NAME
+    if not marker.exists():
+        return
+    aside = data_dir / f"{RESYNC_DIR_PREFIX}{resync_count(data_dir) + 1}"
+    aside.mkdir()
+    meta_path = data_dir / (JOURNAL_FILE_NAME + META_SUFFIX)
+    meta = MetaFile(meta_path)
+    if meta_path.exists():
+        (aside / meta_path.name).write_bytes(meta_path.read_bytes())
+    for name in (JOURNAL_FILE_NAME, SNAPSHOT_FILE_NAME):
+        if (data_dir / name).exists():
+            os.rename(data_dir / name, aside / name)
+    meta.values = {k: v for k, v in meta.values.items() if k in ("term", "vote")}
+    meta.store()
+    fsync_dir(aside)
+    os.rename(marker, aside / RESYNC_MARKER_NAME)
+    fsync_dir(data_dir)
+    log.warning("re-sync: this node's Raft state was set aside in %s; it catches up from the "
+                "leader", aside)
+
+
 def check_data_dir(data_dir: Path) -> None:
     """Refuse to start from files we cannot trust; raise SnapshotError / JournalError."""
     snapshot = data_dir / SNAPSHOT_FILE_NAME
     journal = data_dir / JOURNAL_FILE_NAME
+    _resync_if_marked(data_dir)
     _remove_temp_files(data_dir)
     if snapshot.exists():
         verify_snapshot_file(snapshot)
@@ -200,10 +253,13 @@ def durability_stats(data_dir: Path) -> dict[str, Any]:
     stats.pop("extra", None)
     stats["payload_bytes"] = journal.payload_bytes
     stats["payload_bytes_in_memory"] = journal.payload_bytes_in_memory
+    stats["background_syncs"] = journal.background_syncs
+    stats["resyncs"] = resync_count(data_dir)
     transport = patches.transport_for(str(journal.path))
     if transport is not None:
         for name in ("rounds", "round_syncs", "chunks_relabelled", "resends_absorbed",
-                     "entries_absorbed", "backtracks_kept", "compactions_forced"):
+                     "entries_absorbed", "backtracks_kept", "compactions_forced",
+                     "acks_before_sync"):
             stats[name] = getattr(transport, name)
     snap = snapshotter_for(data_dir)
     stats.update(snapshots_ok=snap.count_ok, snapshots_failed=snap.count_failed,

@@ -12,6 +12,15 @@ record and the tail is cut off (a torn tail is normal after a crash), then fsync
   commit). Callers decide when an acknowledgement needs durability: the leader in
   `setRaftCommitIndex` (before apply and callbacks), followers in the transport before
   `next_node_idx`/votes leave the node (replication/transport.py).
+* Durability `memory` (docs/durability.md): `memory_class(payload)` names the entries whose
+  acknowledgement does not wait for the disk. While only such records are unsynced,
+  `must_sync` is False: callers `write_pending()` (the bytes reach the OS, so they survive a
+  crash of the process) and acknowledge, and `sync_soon()` has a syncer thread fdatasync them.
+  Any other record, or a truncation, makes `must_sync` True until a `sync()`.
+* A different entry arriving at an index this node already counted as committed means the
+  cluster lost a committed entry (a power loss of a majority within the `memory` fsync lag):
+  the state machine has applied what the cluster no longer holds. `on_divergence(idx, commit)`
+  is called before anything is cut (replication/replica.py: re-sync this node).
 * Deferred truncation (defect 9): pysyncobj's follower truncates on every re-sent range and
   re-appends the same entries. `deleteEntriesFrom` only shortens the logical log; the file keeps
   the old records ("ghosts") until an entry that differs arrives. Re-adding an identical entry
@@ -38,6 +47,7 @@ import logging
 import os
 import signal
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -82,12 +92,14 @@ def fsync(fd: int) -> None:
     _powerloss_record_file(fd)
 
 
-def fdatasync(fd: int) -> None:
+def fdatasync(fd: int, *, upto: int | None = None) -> None:
+    """`upto`: the file size this sync covers, when the file may grow meanwhile (the syncer
+    thread's syncs: the power-loss recorder must not count later writes as durable)."""
     try:
         _fdatasync_impl(fd)
     except OSError as err:
         _fatal("fdatasync", err)
-    _powerloss_record_file(fd)
+    _powerloss_record_file(fd, upto)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -205,11 +217,13 @@ def _powerloss_note_truncate(fd: int, offset: int) -> None:
     _pl_dirty_from[ino] = min(offset, _pl_dirty_from.get(ino, offset))
 
 
-def _powerloss_record_file(fd: int) -> None:
+def _powerloss_record_file(fd: int, upto: int | None = None) -> None:
     shadow_dir = _pl_dir()
     if shadow_dir is None:
         return
     ino, size = os.fstat(fd).st_ino, os.fstat(fd).st_size
+    if upto is not None:
+        size = min(size, upto)
     shadow = shadow_dir / f"ino-{ino}"
     known = shadow.stat().st_size if ino in _pl_seen and shadow.exists() else 0
     start = min(known, _pl_dirty_from.pop(ino, known))
@@ -275,6 +289,7 @@ class JournalStats:
     rewrites: int = 0  # compactions / snapshot installs (atomic rewrite)
     torn_bytes_dropped: int = 0  # cut from the tail at open
     payload_reads: int = 0  # entries read back from the file (evicted from memory)
+    divergences: int = 0  # committed entries contradicted by the leader (on_divergence)
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -340,6 +355,69 @@ class MetaFile:
         write_file_atomic(self.path, struct.pack("<I", zlib.crc32(body)) + body)
 
 
+class Syncer:
+    """A thread that fdatasyncs the journal for records nobody waits for (durability `memory`).
+
+    The Raft thread writes the bytes, then `request(fd, seq, size)`; the thread syncs the newest
+    request and then publishes `synced_seq`, the journal's write count that sync covered. Only
+    this thread writes `synced_seq`; the journal compares it with its own count. `drain()` is
+    called before the Raft thread syncs, cuts or closes the file, so the journal file never has
+    two syncs, or a sync and a cut, at once.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._cond = threading.Condition()
+        self._wanted: tuple[int, int, int] | None = None  # (fd, seq, size)
+        self._busy = False
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self.synced_seq = -1
+        self.syncs = 0
+
+    def request(self, fd: int, seq: int, size: int) -> None:
+        with self._cond:
+            self._wanted = (fd, seq, size)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def drain(self) -> None:
+        """Drop a sync not yet started and wait for the running one (the caller syncs, cuts or
+        rewrites the file next: after a cut, `must_sync` makes the next ack wait for a sync)."""
+        if self._thread is None:
+            return
+        with self._cond:
+            self._wanted = None
+            while self._busy:
+                self._cond.wait()
+
+    def stop(self) -> None:
+        self.drain()
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._wanted is None and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                assert self._wanted is not None
+                fd, seq, size = self._wanted
+                self._wanted, self._busy = None, True
+            try:
+                fdatasync(fd, upto=size)
+            finally:
+                with self._cond:
+                    self.synced_seq, self._busy = seq, False
+                    self.syncs += 1
+                    self._cond.notify_all()
+
+
 class DurableJournal:
     """pysyncobj Journal interface (journal.py:9-48) over our record file."""
 
@@ -349,6 +427,9 @@ class DurableJournal:
         # Called with the seconds of each fdatasync (node/http_cluster.py: a histogram).
         self.on_fdatasync: Callable[[float], None] | None = None
         self.leader_probe = leader_probe
+        # Durability `memory` (module doc): None = every record must be synced before its ack.
+        self.memory_class: Callable[[bytes], bool] | None = None
+        self.on_divergence: Callable[[int, int], None] | None = None
         self._meta = MetaFile(Path(str(self.path) + META_SUFFIX))
         self._meta_dirty = False
         self._records: list[Held] = []  # what the file holds (after pending writes)
@@ -362,6 +443,10 @@ class DurableJournal:
         self._pending = bytearray()  # bytes not yet written, starting at self._written_end
         self._written_end = 0
         self._durable = True  # False while written or truncated bytes are not fsync'd
+        self._must_sync = False  # a record or cut whose ack waits for the disk is unsynced
+        self._write_seq = 0  # bumped with every change that makes the file not durable
+        self._requested_seq = -1  # the newest write count handed to the syncer
+        self._syncer = Syncer(f"journal-sync-{self.path.name}")
         self._clear_pending: list[Entry] | None = None
         self._fd = -1
         self._rfd = -1  # read-only, for evicted payloads
@@ -424,6 +509,7 @@ class DurableJournal:
                 self._n += 1
                 self.stats.dedup_skips += 1
                 return
+            self.contradicted(idx)
             self._cut_file(self._n)
         assert self._n == len(self._records), "logical log must end the file here"
         assert not self._records or idx == self._records[-1][1] + 1, "journal index gap"
@@ -438,7 +524,24 @@ class DurableJournal:
         self.payload_bytes += len(entry[0])
         self._ram_bytes += len(entry[0])
         self._durable = False
+        self._write_seq += 1
+        if self.memory_class is None or not self.memory_class(entry[0]):
+            self._must_sync = True
         self.stats.records_written += 1
+
+    def contradicted(self, idx: int) -> None:
+        """The leader holds a different entry at `idx` (module doc): above the commit index that
+        is Raft's normal repair; at or below it, the cluster lost an entry this node counted as
+        committed. Called by add() and by the transport (a conflicting prevLogTerm)."""
+        commit = int(self._meta.values.get("commit", 0))
+        if idx > commit:
+            return
+        self.stats.divergences += 1
+        log.critical("journal=%s committed entry %d (commit index %d) contradicted by the "
+                     "leader: the cluster lost it; this node's state has diverged",
+                     self.path, idx, commit)
+        if self.on_divergence is not None:
+            self.on_divergence(idx, commit)
 
     def clear(self) -> None:
         # Only called by __loadDumpFile, always followed by add(prev) and add(last).
@@ -475,9 +578,13 @@ class DurableJournal:
         self.close()
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802,N803
-        """The leader counts itself toward commit: its copy must be durable before apply."""
+        """The leader counts itself toward commit: its copy must be durable before apply (for
+        `memory` records: written to the OS, its fdatasync running or to come)."""
         if not self._durable and (self.leader_probe is None or self.leader_probe()):
-            self.sync()
+            if self._must_sync:
+                self.sync()
+            else:
+                self.write_pending()
         if self._meta.values.get("commit") != raftCommitIndex:
             self._meta.values["commit"] = raftCommitIndex
             self._meta_dirty = True
@@ -542,13 +649,24 @@ class DurableJournal:
     @property
     def dirty(self) -> bool:
         """True while some record or truncation is not yet fsync'd."""
+        self._settle()
         return not self._durable
 
-    def sync(self) -> None:
-        """Write everything pending and fdatasync once (group commit)."""
-        if self._durable:
-            return
-        start_s = time.perf_counter()
+    @property
+    def must_sync(self) -> bool:
+        """True while an unsynced record or cut needs the disk before its acknowledgement."""
+        return self._must_sync
+
+    @property
+    def background_syncs(self) -> int:
+        return self._syncer.syncs
+
+    def _settle(self) -> None:
+        if not self._durable and self._syncer.synced_seq == self._write_seq:
+            self._durable = True
+
+    def write_pending(self) -> None:
+        """Hand the buffered records to the OS (no fsync): they survive a crash of the process."""
         if self._pending:
             data = bytes(self._pending)
             write_all(self._fd, data)
@@ -556,6 +674,28 @@ class DurableJournal:
             self.stats.bytes_written += len(data)
             self._pending.clear()
             self._evict()
+
+    def sync_soon(self) -> None:
+        """Write what is pending and have the syncer thread fdatasync it; return at once.
+        With `must_sync`, sync here instead (those acks wait for it)."""
+        if self._must_sync:
+            self.sync()
+            return
+        self._settle()
+        if self._durable or self._requested_seq == self._write_seq:
+            return
+        self.write_pending()
+        self._requested_seq = self._write_seq
+        self._syncer.request(self._fd, self._write_seq, self._written_end)
+
+    def sync(self) -> None:
+        """Write everything pending and fdatasync once (group commit)."""
+        self._settle()
+        if self._durable:
+            return
+        self._syncer.drain()
+        start_s = time.perf_counter()
+        self.write_pending()
         fdatasync_start_s = time.perf_counter()
         fdatasync(self._fd)
         end_s = time.perf_counter()
@@ -566,10 +706,12 @@ class DurableJournal:
         self.stats.sync_s_total += took_s
         self.stats.sync_s_max = max(self.stats.sync_s_max, took_s)
         self._durable = True
+        self._must_sync = False
 
     def close(self) -> None:
         if self._fd >= 0:
             self.sync()
+            self._syncer.stop()
             os.close(self._fd)
             self._fd = -1
         if self._rfd >= 0:
@@ -588,6 +730,7 @@ class DurableJournal:
     def _cut_file(self, keep: int) -> None:
         """Physically drop records [keep:] (a different entry arrived at `keep`)."""
         assert keep <= len(self._records)
+        self._syncer.drain()
         offset = self._offsets[keep]
         end = self._written_end + len(self._pending)
         removed = end - offset - _REC.size * (len(self._records) - keep)
@@ -606,6 +749,8 @@ class DurableJournal:
             truncate(self._fd, offset)
             self._written_end = offset
         self._durable = False
+        self._must_sync = True
+        self._write_seq += 1
         self.stats.truncations_physical += 1
 
     def _finish_clear(self, prev: Entry, last: Entry) -> None:
@@ -632,6 +777,7 @@ class DurableJournal:
             offsets.append(pos)
             parts.append(rec)
             pos += len(rec)
+        self._syncer.drain()
         os.close(self._fd)
         os.close(self._rfd)
         self._fd = self._rfd = -1
@@ -645,6 +791,7 @@ class DurableJournal:
         self._pending.clear()
         self._written_end = pos
         self._durable = True
+        self._must_sync = False
         self.stats.rewrites += 1
         self._evict()
 

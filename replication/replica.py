@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import logging
 import os
+import signal
 import struct
 import threading
 import time
@@ -26,13 +28,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pysyncobj import FAIL_REASON, SyncObj, replicated
+from pysyncobj import pickle as raft_pickle
 from pysyncobj.monotonic import monotonic as raft_monotonic
+from pysyncobj.syncobj import _COMMAND_TYPE, _bchr
 
 from replication.hardening import (
     SnapshotHooks,
     build_syncobj_args,
     install_patches,
+    mark_for_resync,
     refuse_optimized_python,
+    snapshotter_for,
 )
 from replication.patches import journal_for
 from replication.proposer import Proposer, unpack_entry
@@ -141,6 +147,43 @@ class _RaftBroker(SyncObj):  # type: ignore[misc]
     def apply_batch(self, blob: bytes) -> list[dict[str, Any]]:
         return self._core.apply_blob(blob)
 
+    @replicated  # type: ignore[untyped-decorator]
+    def apply_memory_batch(self, blob: bytes) -> list[dict[str, Any]]:
+        """The same, for entries of durability `memory`: acknowledged before fdatasync
+        (journal.memory_class recognises them by this method's id)."""
+        return self._core.apply_blob(blob)
+
+
+_PICKLE_FRAME = 0x95  # FRAME + u64 length: pickle protocol >= 4, on all but big pickles
+_PICKLE_BININT1 = ord("K")
+SAMPLE_BLOB_SIZES = (1, 300, 70_000)  # framed small, framed, unframed (> 64 KiB)
+
+
+def method_id_of(payload: bytes) -> int | None:
+    """The replicated method id of a pysyncobj command: its type byte, PROTO n, an optional
+    FRAME, then BININT1 id (pickle of `(id, (blob,))`). None for anything else."""
+    pos = 3
+    if len(payload) > pos and payload[pos] == _PICKLE_FRAME:
+        pos += 9
+    if len(payload) > pos + 1 and payload[0] == _COMMAND_TYPE.REGULAR and (
+            payload[pos] == _PICKLE_BININT1):
+        return payload[pos + 1]
+    return None
+
+
+def memory_classifier(sync: Any) -> Callable[[bytes], bool]:
+    """journal.memory_class: is this journal payload an `apply_memory_batch` command? Checked
+    here against pysyncobj's own encoding of both methods (pickle protocol from patches.py)."""
+    ids = {name: sync._methodToID[sync._getFuncName(name)]
+           for name in ("apply_batch", "apply_memory_batch")}
+    for name, fid in ids.items():
+        for size in SAMPLE_BLOB_SIZES:
+            payload = _bchr(_COMMAND_TYPE.REGULAR) + raft_pickle.dumps((fid, (b"x" * size,)))
+            assert method_id_of(payload) == fid, (
+                f"pysyncobj command encoding changed: cannot read the method id of {name}")
+    memory = ids["apply_memory_batch"]
+    return lambda payload: method_id_of(payload) == memory
+
 
 def _default_state_factory() -> StateMachine:
     return BrokerState()
@@ -186,7 +229,7 @@ def _sync_leader_before_poll(sync: Any, journal: Any) -> None:
 
     def poll(timeout: float) -> None:
         if journal.dirty and sync._isLeader():
-            journal.sync()
+            journal.sync_soon()  # sync() unless only durability `memory` records wait
         inner(timeout)
 
     poller.poll = poll
@@ -372,6 +415,11 @@ def _export_child(state: StateMachine, fd: int) -> None:
         os._exit(code)
 
 
+def _kill_quietly(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+
+
 def finish_export(export: SnapshotExport) -> bool:
     """Close the pipe and reap the child (blocking: call it in a thread). True if it exited 0."""
     os.close(export.fd)
@@ -521,6 +569,8 @@ class Replica:
         self._sync: _RaftBroker
         self._raft_watch: RaftWatch
         self._proposer: Proposer
+        self._memory_proposer: Proposer
+        self._proposers: tuple[Proposer, ...] = ()
         self._submit_notifier: CoalescingNotifier | None = None
         self._commit_notify: CommitNotifyDeferral | None = None
 
@@ -547,18 +597,20 @@ class Replica:
         self._core.index_source = lambda: int(self._sync.raftLastApplied)
         with _LIVE_LOCK:
             _LIVE[cfg.node_id] = weakref.ref(self)
-        self._proposer = Proposer(
-            loop,
-            self._submit,
-            entry_bytes_max=cfg.entry_bytes_max,
-            window_entries_max=cfg.window_entries_max,
-            pending_commands_max=cfg.pending_commands_max,
-            pending_bytes_max=cfg.pending_bytes_max,
-        )
+        self._proposer, self._memory_proposer = (
+            Proposer(loop, submit, entry_bytes_max=cfg.entry_bytes_max,
+                     window_entries_max=cfg.window_entries_max,
+                     pending_commands_max=cfg.pending_commands_max,
+                     pending_bytes_max=cfg.pending_bytes_max)
+            for submit in (self._submit, self._submit_memory))
+        self._proposers = (self._proposer, self._memory_proposer)
+        journal = journal_for(self._sync.conf.journalFile)
+        journal.memory_class = memory_classifier(self._sync)
+        journal.on_divergence = self._on_divergence
         if cfg.leader_early_sync:
-            _sync_leader_before_poll(self._sync, journal_for(self._sync.conf.journalFile))
+            _sync_leader_before_poll(self._sync, journal)
         if len(cfg.members()) == 1 and cfg.threading_mode == "thread":
-            _wake_single_node(self._sync, lambda: self._proposer.inflight_entries)
+            _wake_single_node(self._sync, lambda: sum(p.inflight_entries for p in self._proposers))
         if cfg.commit_notify_delay_ms > 0 and self._submit_notifier is not None:
             self._commit_notify = CommitNotifyDeferral(self._sync,
                                                        cfg.commit_notify_delay_ms / 1000)
@@ -571,15 +623,19 @@ class Replica:
     # -- writes ----------------------------------------------------------------------------
 
     async def propose(
-        self, cmd: dict[str, Any], *, timeout_s: float | None = None
+        self, cmd: dict[str, Any], *, timeout_s: float | None = None, memory: bool = False
     ) -> dict[str, Any]:
-        """The command's result (maybe an error result); ProposalError if none."""
+        """The command's result (maybe an error result); ProposalError if none.
+
+        `memory`: durability `memory`, answered once a majority wrote it to the OS, fsync'd
+        right after by each node's syncer thread (its own entries: never batched with others)."""
         if self._closed:
             raise ProposalError("unavailable", "the replica is closed")
         if self._write_refusal is not None:
             raise ProposalError("unavailable", self._write_refusal)
         timeout = self._cfg.proposal_timeout_s if timeout_s is None else timeout_s
-        return await self._proposer.propose(cmd, timeout_s=timeout)
+        proposer = self._memory_proposer if memory else self._proposer
+        return await proposer.propose(cmd, timeout_s=timeout)
 
     async def barrier(self, *, timeout_s: float = BARRIER_TIMEOUT_S_DEFAULT) -> None:
         """A no-op through the log: afterwards this node has applied every earlier write."""
@@ -589,6 +645,18 @@ class Replica:
 
     def _submit(self, blob: bytes, callback: Callable[[Any, int], None]) -> None:
         self._sync.apply_batch(blob, callback=callback)
+
+    def _submit_memory(self, blob: bytes, callback: Callable[[Any, int], None]) -> None:
+        self._sync.apply_memory_batch(blob, callback=callback)
+
+    def _on_divergence(self, idx: int, commit: int) -> None:  # Raft thread, from the journal
+        """The cluster lost entries this node applied: its state can never match the log again.
+        Set it aside and start over from the leader (hardening.mark_for_resync)."""
+        snapshotter_for(Path(self._cfg.data_dir)).abandon()
+        for pid in list(self._exports):
+            _kill_quietly(pid)
+        mark_for_resync(Path(self._cfg.data_dir), idx=idx, commit=commit)
+        self._cfg.on_resync()
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -715,19 +783,20 @@ class Replica:
 
     def stats(self) -> dict[str, Any]:
         """Counters for metrics and tests."""
-        s = self._proposer.stats
         core = self._core
         notifier = self._submit_notifier
         deferral = self._commit_notify
+        failures: collections.Counter[str] = collections.Counter()
+        for proposer in self._proposers:
+            failures.update(proposer.stats.failures)
         return {
-            "entries_submitted": s.entries_submitted,
-            "commands_submitted": s.commands_submitted,
-            "entries_succeeded": s.entries_succeeded,
-            "entries_failed": s.entries_failed,
-            "entries_expired": s.entries_expired,
-            "failures": dict(s.failures),
-            "pending_commands": self._proposer.pending_count,
-            "inflight_entries": self._proposer.inflight_entries,
+            **{name: sum(getattr(p.stats, name) for p in self._proposers)
+               for name in ("entries_submitted", "commands_submitted", "entries_succeeded",
+                            "entries_failed", "entries_expired")},
+            "memory_entries_submitted": self._memory_proposer.stats.entries_submitted,
+            "failures": dict(failures),
+            "pending_commands": sum(p.pending_count for p in self._proposers),
+            "inflight_entries": sum(p.inflight_entries for p in self._proposers),
             "entries_applied": core.entries_applied,
             "commands_applied": core.commands_applied,
             "apply_errors": core.apply_errors,
@@ -756,16 +825,19 @@ class Replica:
         if self._sync._getLeader() is None:
             if self._no_leader_since is None:
                 self._no_leader_since = now_s
-                self._proposer.hold("no leader known")
+                for proposer in self._proposers:
+                    proposer.hold("no leader known")
             elif now_s - self._no_leader_since > self._cfg.no_leader_grace_s:
                 grace = self._cfg.no_leader_grace_s
-                self._proposer.refuse(ProposalError("no_leader", f"no leader for over {grace} s"))
+                for proposer in self._proposers:
+                    proposer.refuse(ProposalError("no_leader", f"no leader for over {grace} s"))
             return
         self._raft_watch.seen_leader = True
         if self._no_leader_since is not None:
             self._no_leader_since = None
-            self._proposer.refuse(None)
-            self._proposer.hold(None)
+            for proposer in self._proposers:
+                proposer.refuse(None)
+                proposer.hold(None)
         self._maybe_tick(now_s)
 
     def _maybe_tick(self, now_s: float) -> None:
@@ -864,7 +936,8 @@ class Replica:
         for task in (self._watch_task, self._tick_task, self._ticker_task):
             if task is not None:
                 task.cancel()
-        self._proposer.close()
+        for proposer in self._proposers:
+            proposer.close()
         if self._cfg.threading_mode == "loop":
             self._sync.destroy()
         else:

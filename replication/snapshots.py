@@ -20,9 +20,11 @@ A corrupt file is an error at start-up (`check_data_dir`) and never replaces our
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
+import signal
 import struct
 import time
 import zlib
@@ -222,6 +224,13 @@ class ForkSnapshotter:
             os._exit(SNAPSHOT_LOAD_FAILED_EXIT_CODE)
         log.info("snapshot_loaded file=%s last_idx=%d", dump_file, snap.last[1])
         return snap.last, snap.prev, [TCPNode(addr) for addr in snap.cluster]
+
+    def abandon(self) -> None:
+        """Kill and reap a running child: its snapshot must never land (a re-sync)."""
+        if self._pid:
+            with contextlib.suppress(OSError):
+                os.kill(self._pid, signal.SIGKILL)
+        self.close()
 
     def close(self) -> None:
         """Reap a running child (node shutdown)."""

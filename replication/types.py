@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -23,6 +26,14 @@ LOOP_TICK_INTERVAL_MS_DEFAULT = 1  # threading_mode "loop": doTick(0) about ever
 # within this delay, instead of a send of its own right after each commit (0: at once).
 COMMIT_NOTIFY_DELAY_MS_DEFAULT = 2.0
 THREADING_MODES = ("thread", "loop")
+# A node that set its state aside for a re-sync (replica.py `_on_divergence`) exits with this
+# code unless its config says how to start again (the node server re-executes itself).
+RESYNC_EXIT_CODE = 76
+
+
+def exit_for_resync() -> None:
+    logging.shutdown()
+    os._exit(RESYNC_EXIT_CODE)
 
 
 class StateMachine(Protocol):
@@ -64,6 +75,8 @@ class ReplicaConfig:
     commit_notify_delay_ms: float = COMMIT_NOTIFY_DELAY_MS_DEFAULT
     # Extra SyncObjConf keyword arguments (timing knobs), passed through to pysyncobj.
     raft_conf: dict[str, Any] = field(default_factory=dict)
+    # Called on the Raft thread once the data dir is marked for a re-sync; must not return.
+    on_resync: Callable[[], None] = exit_for_resync
 
     def members(self) -> dict[str, str]:
         """Every voting member, this node included: {node_id: raft_addr}."""

@@ -371,6 +371,12 @@ class BrokerState:
                 "change": dict(self.member_change) if self.member_change else None}
 
     # ----- reads (never change anything)
+    def durability(self, kind: str, name: str) -> str:
+        """The `durability` a queue or topic (`kind`) was created with; "fsync" if it does not
+        exist (yet, on this node): the safe default for the write about to be proposed."""
+        found = (self.queues.queues if kind == "queue" else self.topics.topics).get(name)
+        return "fsync" if found is None else str(found.config.get("durability", "fsync"))
+
     def list_queues(self, now_ms: int) -> list[Result]:
         return [self.queue_info(name, now_ms) for name in self.queues.queues]
 

@@ -123,13 +123,15 @@ def test_receive_acks_the_previous_batch_even_while_it_long_polls(
 
 def test_a_publish_answer_says_which_durability_applied(shared_cluster: Cluster) -> None:
     url = shared_cluster.nodes[0].url
-    for name, config in (("dur-fsync", {}), ("dur-memory", {"durability": "memory"})):
+    for name, config, applied in (("dur-fsync", {}, "fsync"),
+                                  ("dur-memory", {"durability": "memory"}, "memory")):
         assert http("PUT", f"{url}/v1/queues/{name}", config).status == 201
         body = publish(url, name, ["x"])
-        assert body["durability"] == "fsync", body  # memory is accepted, not yet faster
-    assert http("PUT", f"{url}/v1/topics/dur-topic", {"durability": "memory"}).status == 201
-    r = http("POST", f"{url}/v1/topics/dur-topic/messages", {"messages": [{"body": "x"}]})
-    assert r.status == 201 and r.body["durability"] == "fsync", r.body
+        assert body["durability"] == applied, body
+    for name, applied in (("dur-topic", "memory"), ("dur-topic-fsync", "fsync")):
+        assert http("PUT", f"{url}/v1/topics/{name}", {"durability": applied}).status == 201
+        r = http("POST", f"{url}/v1/topics/{name}/messages", {"messages": [{"body": "x"}]})
+        assert r.status == 201 and r.body["durability"] == applied, r.body
 
 
 def long_polls_waiting(url: str) -> int:

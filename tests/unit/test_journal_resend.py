@@ -127,3 +127,28 @@ def test_matching_prev_sets_no_floor(tmp_path: Path) -> None:
     t._note_conflict("L", append(ours[13], [], term=5))
     assert t._floor == {}
     assert t._apply_floor("L", ack(16)) == ack(16)
+
+
+# -- durability `memory`: a committed entry contradicted (docs/durability.md) ------------------
+def diverged_follower(tmp_path: Path, current_term: int) -> tuple[DurableTransport, list[int]]:
+    t = make_follower(tmp_path, log_of(1, 15, 3))
+    t._journal.setCurrentTerm(current_term, None)
+    t._journal.setRaftCommitIndex(12)
+    seen: list[int] = []
+    t._journal.on_divergence = lambda idx, commit: seen.append(idx)
+    return t, seen
+
+
+def test_a_current_leader_contradicting_a_committed_entry_is_divergence(tmp_path: Path) -> None:
+    t, seen = diverged_follower(tmp_path, current_term=5)
+    t._note_conflict("L", append((b"x", 14, 5), [], term=5))  # above commit 12: normal repair
+    assert seen == []
+    t._note_conflict("L", append((b"x", 11, 5), [], term=5))
+    assert seen == [11]
+
+
+def test_a_stale_leader_contradicting_a_committed_entry_is_ignored(tmp_path: Path) -> None:
+    """pysyncobj drops messages of an older term; so does the divergence check."""
+    t, seen = diverged_follower(tmp_path, current_term=6)
+    t._note_conflict("L", append((b"x", 11, 5), [], term=5))
+    assert seen == []

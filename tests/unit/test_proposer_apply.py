@@ -85,6 +85,9 @@ class FakeJournal:
         self.syncs += 1
         self.dirty = False
 
+    def sync_soon(self) -> None:  # the real one syncs here unless only `memory` records wait
+        self.sync()
+
 
 def test_leader_syncs_new_entries_before_each_poll_and_followers_do_not() -> None:
     from replication.replica import _sync_leader_before_poll

@@ -45,6 +45,7 @@ _lock = threading.Lock()
 _installed_secret: list[bytes | None] = []  # empty until installed; then [secret]
 _journals: dict[str, DurableJournal] = {}
 _compaction_bytes_max: dict[str, int] = {}  # journal path -> compact past this many bytes
+_journal_hooks: dict[str, dict[str, Any]] = {}  # journal path -> attributes set at creation
 _transports: dict[str, Any] = {}  # journal path -> DurableTransport (for durability_stats)
 _fork_managed_dumps: set[str] = set()  # dump paths whose writes our forked child renames itself
 
@@ -150,7 +151,18 @@ def create_journal(journalFile: str | None = None) -> DurableJournal:  # noqa: N
     journal = DurableJournal(key)
     with _lock:
         _journals[key] = journal
+        hooks = dict(_journal_hooks.get(key, {}))
+    for name, value in hooks.items():
+        setattr(journal, name, value)
     return journal
+
+
+def set_journal_hooks(journal_file: str, **hooks: Any) -> None:
+    """Attributes the factory sets on this path's journal as it creates it, i.e. before
+    pysyncobj can hand it an entry (`on_divergence` must never miss one)."""
+    assert set(hooks) <= {"on_divergence", "memory_class"}, hooks
+    with _lock:
+        _journal_hooks[str(Path(journal_file).resolve())] = hooks
 
 
 def set_compaction_bytes_max(journal_file: str, limit: int) -> None:

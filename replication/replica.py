@@ -40,7 +40,7 @@ from replication.hardening import (
     refuse_optimized_python,
     snapshotter_for,
 )
-from replication.patches import journal_for
+from replication.patches import journal_for, set_journal_hooks
 from replication.proposer import Proposer, unpack_entry
 from replication.snapshots import SNAPSHOT_CHILD_NICE
 from replication.types import (
@@ -589,6 +589,7 @@ class Replica:
         state = (state_factory or _default_state_factory)()
         self._core = ApplyCore(state, self._on_applied)
         args = _syncobj_args(cfg, self._core, state_decoder or _default_state_decoder)
+        set_journal_hooks(args["conf"].journalFile, on_divergence=self._on_divergence)
         self._sync = _RaftBroker(self._core, args)
         assert hasattr(self._sync, _RAFT_STATE_ATTR), "pysyncobj internals changed (raft state)"
         self._raft_watch = RaftWatch(self._sync, cfg.node_id)
@@ -605,8 +606,8 @@ class Replica:
             for submit in (self._submit, self._submit_memory))
         self._proposers = (self._proposer, self._memory_proposer)
         journal = journal_for(self._sync.conf.journalFile)
+        # Until here every new record counted as `fsync` (waited for the disk): the safe side.
         journal.memory_class = memory_classifier(self._sync)
-        journal.on_divergence = self._on_divergence
         if cfg.leader_early_sync:
             _sync_leader_before_poll(self._sync, journal)
         if len(cfg.members()) == 1 and cfg.threading_mode == "thread":

@@ -676,6 +676,7 @@ class Queue:
         n = len(self.msgs)
         self.purged_total += n
         self.msgs.clear()
+        self.moved_pos.clear()
         self.ready = [ReadyLevel() for _ in range(PRIORITY_LEVELS)]
         self.leases, self.delayed, self.ttls = [], [], []
         self.groups.clear()

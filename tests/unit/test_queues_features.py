@@ -285,6 +285,19 @@ def test_redrive_moves_ready_messages_up_to_max(b: Broker) -> None:
     b.err("invalid_request", op="queue.redrive", queue="dlq", to="dlq", max_messages=1)
 
 
+def test_purge_after_a_redrive_forgets_the_moved_messages_places(b: Broker) -> None:
+    """Found by test_state_props: purge kept the positions of redriven messages, so a node's
+    state differed from the same state restored from its snapshot (and grew with each)."""
+    b.create("dlq")
+    b.create("q")
+    b.publish("dlq", "old")
+    b.publish("q", "newer")
+    assert b.ok(op="queue.redrive", queue="dlq", to="q", max_messages=10) == {"moved": 1}
+    assert b.state.queues.queues["q"].moved_pos  # "old" went to the back of q
+    assert b.ok(op="queue.purge", queue="q") == {"purged": 2}
+    assert b.state.queues.queues["q"].moved_pos == {}
+
+
 def test_redrive_of_a_message_with_a_group(b: Broker) -> None:
     b.create("dlq")
     b.create("q")

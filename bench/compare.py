@@ -28,6 +28,8 @@ ROWS = [
     ("publish, largest batches", "publish b1000 c4", "pub_pipe", None),
     ("publish, 1 msg per request, 64 in flight", "publish b1 c64", "pub_pipe", None),
     ("publish, one at a time", "latency b1 c1", "pub_sync", "latency"),
+    ("publish, batched, durability memory", "publish b100 c16 memory", "pub_pipe", None),
+    ("publish, one at a time, durability memory", "latency b1 c1 memory", "pub_sync", "latency"),
     ("receive/consume + ack", "receive b100 c8", "consume", None),
     ("receive + ack in the next receive", "receive b100 c8 ack-next", "consume", None),
     ("receive/consume + ack, largest batches", "receive b1000 c4", "consume", None),

@@ -99,7 +99,8 @@ class Spec:
     label: str = ""
 
     def name(self) -> str:
-        suffix = " ack-next" if self.ack_next else ""
+        suffix = (" ack-next" if self.ack_next else "") + (
+            " memory" if self.durability == "memory" else "")
         return self.label or f"{self.workload} b{self.batch} c{self.concurrency}{suffix}"
 
 
@@ -118,6 +119,8 @@ def standard_set(size_bytes: int, count: int | None, duration_s: float | None) -
         spec("e2e", 100, 4, 100_000, consumers=4),
         spec("e2e", 100, 4, 100_000, consumers=4, ack_next=True),
         spec("latency", 1, 1, 2_000),
+        spec("publish", 100, 16, 200_000, durability="memory"),
+        spec("latency", 1, 1, 2_000, durability="memory"),
         spec("topic-publish", 100, 16, 200_000),
         spec("topic-read", 1000, 4, 100_000),
     ]
@@ -992,8 +995,8 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def build_specs(args: argparse.Namespace) -> list[Spec]:
     if args.standard:
         specs = standard_set(args.size, args.count, args.duration)
-        return [replace(s, durability=args.durability, partitions=args.partitions)
-                for s in specs]
+        return [replace(s, durability=s.durability or args.durability,  # memory rows stay
+                        partitions=args.partitions) for s in specs]
     workload = args.workload
     if workload in OPS_WORKLOADS:  # --count: failover rounds / restart messages
         return [Spec(workload, 1, 1, args.count, None, args.size)]

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 240
 STANDARD = ["publish b1 c64", "publish b100 c16", "publish b1000 c4", "receive b100 c8",
             "receive b100 c8 ack-next", "receive b1000 c4", "e2e b100 c4", "e2e b100 c4 ack-next",
-            "latency b1 c1", "topic-publish b100 c16", "topic-read b1000 c4"]
+            "latency b1 c1", "publish b100 c16 memory", "latency b1 c1 memory",
+            "topic-publish b100 c16", "topic-read b1000 c4"]
 
 
 def alive(pid: int) -> bool:
@@ -59,6 +60,7 @@ def test_standard_set_runs_against_its_own_cluster_and_stops_it() -> None:
         # known, since the tool knows the node PIDs (0 possible: /proc counts 10 ms ticks)
         assert r["node_cpu_s_per_msg"] is not None and r["node_cpu_s_per_msg"] >= 0, r
         assert r["codec"] in ("json", "msgpack")
+        assert (r["durability"] == "memory") == r["label"].endswith(" memory"), r
     assert results[6]["e2e_latency_ms"]["p50"] is not None
     assert results[7]["e2e_latency_ms"]["p50"] is not None
     cluster = out["cluster"]

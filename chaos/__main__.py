@@ -29,6 +29,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="queue, topic, txn (consume-transform-produce) or mixed")
     p.add_argument("--producers", type=int, default=4)
     p.add_argument("--consumers", type=int, default=4)
+    p.add_argument("--durability", default="fsync", choices=("fsync", "memory"),
+                   help="the queue workload's queue durability (docs/durability.md): with "
+                        "memory, acked publishes lost after a power-all fault are allowed")
     p.add_argument("--drain-timeout", type=float, default=90.0,
                    help="seconds the final drain may take")
     p.add_argument("--node-cmd", default=None,
@@ -40,7 +43,8 @@ def _config(args: argparse.Namespace, seed: int, out: Path, nodes: int) -> RunCo
                     faults=[f for f in args.faults.split(",") if f], workload=args.workload,
                     seed=seed, out=out,
                     wl=WorkloadConfig(producers=args.producers, consumers=args.consumers,
-                                      drain_timeout_s=args.drain_timeout))
+                                      drain_timeout_s=args.drain_timeout,
+                                      durability=args.durability))
     if args.node_cmd:
         cfg.node_cmd = args.node_cmd.split()
     return cfg

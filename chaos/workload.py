@@ -42,6 +42,7 @@ class WorkloadConfig:
     pace_s: float = 0.01
     drain_timeout_s: float = 90.0
     queue: str = QUEUE
+    durability: str = "fsync"  # the queue's (docs/durability.md)
 
 
 @dataclass
@@ -105,7 +106,8 @@ class Workload:
         return body
 
     async def ensure_queue(self, target: Target) -> Outcome:
-        cfg = {"visibility_timeout_s": self.cfg.visibility_timeout_s}
+        cfg = {"visibility_timeout_s": self.cfg.visibility_timeout_s,
+               "durability": self.cfg.durability}
         return await self.http.call("PUT", self._url(target, f"/v1/queues/{self.cfg.queue}"),
                                     cfg)
 

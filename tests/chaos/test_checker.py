@@ -63,6 +63,24 @@ def test_lost_acked_publish_never_delivered() -> None:
     assert check_queue(h.ops)["anomalies"]["lost"]["examples"] == ["a"]
 
 
+@pytest.mark.parametrize(("durability", "fault", "allowed"), [
+    ("memory", "power-all", True), ("memory", "power-one", False), ("fsync", "power-all", False)])
+def test_memory_loses_acked_publishes_only_to_a_power_loss_of_all(
+        durability: str, fault: str, allowed: bool) -> None:
+    from chaos.faults import Fault
+    from chaos.runner import allow_memory_loss
+
+    h = H().publish(["a"]).publish(["b"], seq=1)
+    delivered_and_acked(h, "b", 1000)
+    result = check_queue(h.ops)
+    allow_memory_loss(result, durability, [Fault(id=1, kind=fault, start_s=1.0, duration_s=1.0)])
+    if allowed:
+        valid(result)
+        assert result["stats"]["lost_memory_allowed"] == 1
+    else:
+        only(result, "lost")
+
+
 def test_unacked_publish_is_not_lost() -> None:
     """A publish whose outcome is unknown (info) may be missing: not an anomaly."""
     h = H().publish(["a"], type_=INFO).publish(["b"], seq=0, producer="p2")

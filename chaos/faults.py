@@ -38,6 +38,8 @@ Families (the CLI's ``--faults``) expand into concrete kinds:
                 node comes back empty). Heal: start it empty, wait for /healthz, POST it back
                 to /v1/cluster/members, wait until it is ready (caught up).
     power-loss  power-one, power-all (see chaos/README.md: needs the lazy FUSE file system)
+    power-majority  a majority loses power at once, the minority keeps running (its own
+                family: it may lose `durability: memory` writes, docs/durability.md)
     wipe-majority  destructive: stop all, erase a majority's data, start that majority; the
                 old minority returns at heal. The checker MUST report the run invalid.
 """
@@ -65,6 +67,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
                   "partition-one-way", "partition-client", "partition-ring"),
     "corrupt": ("corrupt-minority", "corrupt-lagging"),
     "power-loss": ("power-one", "power-all"),
+    "power-majority": ("power-majority",),
     "clock": ("clock-jump-leader", "clock-jump-one", "clock-jump-all"),
     # A family of its own, not in "clock": adding kinds to a family changes the schedule of
     # every seed, and docs/reliability.md names seeds of runs with "clock".
@@ -340,7 +343,10 @@ class Nemesis:
         await asyncio.to_thread(self.cluster.start, idx)
 
     async def _power(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
-        idx = self._minority(rng, 1) if fault.kind == "power-one" else list(range(1, self.n + 1))
+        everyone = list(range(1, self.n + 1))
+        idx = (self._minority(rng, 1) if fault.kind == "power-one" else
+               sorted(rng.sample(everyone, self.n // 2 + 1)) if fault.kind == "power-majority"
+               else everyone)
         for i in idx:
             await asyncio.to_thread(self.cluster.kill, i)
             lost = self.lazyfs is not None and i in self.lazyfs.mounts

@@ -343,10 +343,11 @@ class Nemesis:
         await asyncio.to_thread(self.cluster.start, idx)
 
     async def _power(self, fault: Fault, rng: random.Random) -> dict[str, Any]:
-        everyone = list(range(1, self.n + 1))
-        idx = (self._minority(rng, 1) if fault.kind == "power-one" else
-               sorted(rng.sample(everyone, self.n // 2 + 1)) if fault.kind == "power-majority"
-               else everyone)
+        idx = list(range(1, self.n + 1))  # power-all
+        if fault.kind == "power-one":
+            idx = self._minority(rng, 1)
+        elif fault.kind == "power-majority":
+            idx = sorted(rng.sample(idx, self.n // 2 + 1))
         for i in idx:
             await asyncio.to_thread(self.cluster.kill, i)
             lost = self.lazyfs is not None and i in self.lazyfs.mounts

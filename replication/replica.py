@@ -46,6 +46,7 @@ from replication.snapshots import SNAPSHOT_CHILD_NICE
 from replication.types import (
     BARRIER_TIMEOUT_S_DEFAULT,
     LOOP_TICK_INTERVAL_MS_DEFAULT,
+    RESYNC_EXIT_CODE,
     WATCH_INTERVAL_MS_DEFAULT,
     MemberStatus,
     ProposalError,
@@ -657,7 +658,10 @@ class Replica:
         for pid in list(self._exports):
             _kill_quietly(pid)
         mark_for_resync(Path(self._cfg.data_dir), idx=idx, commit=commit)
-        self._cfg.on_resync()
+        if self._cfg.on_resync is not None:
+            self._cfg.on_resync()
+        logging.shutdown()
+        os._exit(RESYNC_EXIT_CODE)
 
     # -- reads -----------------------------------------------------------------------------
 

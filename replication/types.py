@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +27,6 @@ THREADING_MODES = ("thread", "loop")
 # A node that set its state aside for a re-sync (replica.py `_on_divergence`) exits with this
 # code unless its config says how to start again (the node server re-executes itself).
 RESYNC_EXIT_CODE = 76
-
-
-def exit_for_resync() -> None:
-    logging.shutdown()
-    os._exit(RESYNC_EXIT_CODE)
 
 
 class StateMachine(Protocol):
@@ -76,7 +69,8 @@ class ReplicaConfig:
     # Extra SyncObjConf keyword arguments (timing knobs), passed through to pysyncobj.
     raft_conf: dict[str, Any] = field(default_factory=dict)
     # Called on the Raft thread once the data dir is marked for a re-sync; must not return.
-    on_resync: Callable[[], None] = exit_for_resync
+    # None: exit with RESYNC_EXIT_CODE (a supervisor starts the node again).
+    on_resync: Callable[[], None] | None = None
 
     def members(self) -> dict[str, str]:
         """Every voting member, this node included: {node_id: raft_addr}."""

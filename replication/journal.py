@@ -662,8 +662,10 @@ class DurableJournal:
         return self._syncer.syncs
 
     def _settle(self) -> None:
+        """The syncer's last fdatasync covered every write so far: all durable."""
         if not self._durable and self._syncer.synced_seq == self._write_seq:
             self._durable = True
+            self._must_sync = False
 
     def write_pending(self) -> None:
         """Hand the buffered records to the OS (no fsync): they survive a crash of the process."""

@@ -62,7 +62,8 @@ def test_node_logs_are_scanned_for_tracebacks(tmp_path: Path) -> None:
     (tmp_path / "n1.log").write_text("level=INFO ok\n")
     (tmp_path / "n2.log").write_text(
         "level=ERROR pysyncobj failed _onTick\nTraceback (most recent call last):\n  x\n"
-        "level=CRITICAL replication.journal durable_io_failed\n")
+        "level=CRITICAL replication.journal durable_io_failed\n"
+        "level=CRITICAL raftmq.node event=node_resync_restart node process re-executes\n")
     assert scan_node_logs(tmp_path) == {
-        "n1": {"tracebacks": 0, "critical": 0, "errors": 0},
-        "n2": {"tracebacks": 1, "critical": 1, "errors": 1}}
+        "n1": {"tracebacks": 0, "critical": 0, "errors": 0, "resyncs": 0},
+        "n2": {"tracebacks": 1, "critical": 2, "errors": 1, "resyncs": 1}}

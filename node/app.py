@@ -136,8 +136,6 @@ def error_response(request: web.Request, code: str, message: str,
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-
-
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:

@@ -28,6 +28,7 @@ import logging
 import os
 import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,12 +158,11 @@ def create_journal(journalFile: str | None = None) -> DurableJournal:  # noqa: N
     return journal
 
 
-def set_journal_hooks(journal_file: str, **hooks: Any) -> None:
-    """Attributes the factory sets on this path's journal as it creates it, i.e. before
-    pysyncobj can hand it an entry (`on_divergence` must never miss one)."""
-    assert set(hooks) <= {"on_divergence", "memory_class"}, hooks
+def set_journal_hooks(journal_file: str, *, on_divergence: Callable[[int, int], None]) -> None:
+    """Set by the factory on this path's journal as it creates it, i.e. before pysyncobj can
+    hand it an entry (`on_divergence` must never miss one)."""
     with _lock:
-        _journal_hooks[str(Path(journal_file).resolve())] = hooks
+        _journal_hooks[str(Path(journal_file).resolve())] = {"on_divergence": on_divergence}
 
 
 def set_compaction_bytes_max(journal_file: str, limit: int) -> None:

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import gc
 import logging
 import os
-import signal
 import struct
 import threading
 import time
@@ -42,7 +40,7 @@ from replication.hardening import (
 )
 from replication.patches import journal_for, set_journal_hooks
 from replication.proposer import Proposer, unpack_entry
-from replication.snapshots import SNAPSHOT_CHILD_NICE
+from replication.snapshots import SNAPSHOT_CHILD_NICE, kill_quietly
 from replication.types import (
     BARRIER_TIMEOUT_S_DEFAULT,
     LOOP_TICK_INTERVAL_MS_DEFAULT,
@@ -416,11 +414,6 @@ def _export_child(state: StateMachine, fd: int) -> None:
         os._exit(code)
 
 
-def _kill_quietly(pid: int) -> None:
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGKILL)
-
-
 def finish_export(export: SnapshotExport) -> bool:
     """Close the pipe and reap the child (blocking: call it in a thread). True if it exited 0."""
     os.close(export.fd)
@@ -656,7 +649,7 @@ class Replica:
         Set it aside and start over from the leader (hardening.mark_for_resync)."""
         snapshotter_for(Path(self._cfg.data_dir)).abandon()
         for pid in list(self._exports):
-            _kill_quietly(pid)
+            kill_quietly(pid)
         mark_for_resync(Path(self._cfg.data_dir), idx=idx, commit=commit)
         if self._cfg.on_resync is not None:
             self._cfg.on_resync()
@@ -798,7 +791,6 @@ class Replica:
             **{name: sum(getattr(p.stats, name) for p in self._proposers)
                for name in ("entries_submitted", "commands_submitted", "entries_succeeded",
                             "entries_failed", "entries_expired")},
-            "memory_entries_submitted": self._memory_proposer.stats.entries_submitted,
             "failures": dict(failures),
             "pending_commands": sum(p.pending_count for p in self._proposers),
             "inflight_entries": sum(p.inflight_entries for p in self._proposers),

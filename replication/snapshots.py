@@ -141,6 +141,12 @@ def write_snapshot_file(path: Path, snap: SnapshotFile) -> None:
     jr.crash_point("snapshot.after_dirsync")
 
 
+def kill_quietly(pid: int) -> None:
+    """SIGKILL a forked child that may have exited already."""
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+
+
 class ForkSnapshotter:
     """serializer / serializeChecker / deserializer for one SyncObj."""
 
@@ -228,8 +234,7 @@ class ForkSnapshotter:
     def abandon(self) -> None:
         """Kill and reap a running child: its snapshot must never land (a re-sync)."""
         if self._pid:
-            with contextlib.suppress(OSError):
-                os.kill(self._pid, signal.SIGKILL)
+            kill_quietly(self._pid)
         self.close()
 
     def close(self) -> None:

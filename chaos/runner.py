@@ -251,14 +251,11 @@ LOG_MARKERS = {"tracebacks": "Traceback (most recent call last)",
                "resyncs": "event=node_resync_restart"}  # docs/durability.md
 
 
-MAJORITY_POWER_LOSS = ("power-all", "power-majority")
-
-
 def allow_memory_loss(queue: dict[str, Any], durability: str, faults: list[Fault]) -> None:
-    """`durability: memory` may lose acked publishes when a majority loses power at once
-    (docs/durability.md), and only then: after a power-all or power-majority fault, `lost`
-    moves from the anomalies to `stats.lost_memory_allowed`. Every other check stands."""
-    if durability != "memory" or not any(f.kind in MAJORITY_POWER_LOSS for f in faults):
+    """`durability: memory` may lose the newest acked publishes when a node that held them
+    loses power (docs/durability.md), and only then: after a power fault, `lost` moves from
+    the anomalies to `stats.lost_memory_allowed`. Every other check stands."""
+    if durability != "memory" or not any(f.kind.startswith("power") for f in faults):
         return
     lost = queue["anomalies"]["lost"]
     queue["stats"]["lost_memory_allowed"] = lost["count"]

@@ -65,8 +65,8 @@ def test_lost_acked_publish_never_delivered() -> None:
 
 @pytest.mark.parametrize(("durability", "fault", "allowed"), [
     ("memory", "power-all", True), ("memory", "power-majority", True),
-    ("memory", "power-one", False), ("fsync", "power-all", False)])
-def test_memory_loses_acked_publishes_only_to_a_power_loss_of_all(
+    ("memory", "power-one", True), ("memory", "kill-all", False), ("fsync", "power-all", False)])
+def test_memory_loses_acked_publishes_only_to_a_power_loss(
         durability: str, fault: str, allowed: bool) -> None:
     from chaos.faults import Fault
     from chaos.runner import allow_memory_loss

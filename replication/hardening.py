@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 JOURNAL_FILE_NAME = "raft.journal"
 SNAPSHOT_FILE_NAME = "raft.snapshot"
 # A node whose state diverged (the cluster lost entries it had applied: durability `memory`
-# after a power loss of a majority) writes this marker and starts again; at start-up its
+# after a power loss) writes this marker and starts again; at start-up its
 # journal, snapshot and meta are moved to `resync-<n>/` and it catches up from the leader.
 RESYNC_MARKER_NAME = "resync.json"
 RESYNC_DIR_PREFIX = "resync-"

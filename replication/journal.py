@@ -18,7 +18,7 @@ record and the tail is cut off (a torn tail is normal after a crash), then fsync
   crash of the process) and acknowledge, and `sync_soon()` has a syncer thread fdatasync them.
   Any other record, or a truncation, makes `must_sync` True until a `sync()`.
 * A different entry arriving at an index this node already counted as committed means the
-  cluster lost a committed entry (a power loss of a majority within the `memory` fsync lag):
+  cluster lost a committed entry (a power loss within the `memory` fsync lag):
   the state machine has applied what the cluster no longer holds. `on_divergence(idx, commit)`
   is called before anything is cut (replication/replica.py: re-sync this node).
 * Deferred truncation (defect 9): pysyncobj's follower truncates on every re-sent range and
